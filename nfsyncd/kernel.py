@@ -1,0 +1,290 @@
+"""The daemon's view of the kernel conntrack table: dumps, writes and the event stream.
+
+Everything that reads or changes kernel conntrack state goes through here, so the rest of
+the daemon deals only in :mod:`nfsyncd.model` values.  Requests and events use separate
+sockets (:class:`Conntrack` and :class:`EventStream`) because an event socket's stream would
+interleave with dump replies.  Each event carries the port id of the socket whose write
+caused it (:attr:`Event.origin`); compare it with :attr:`Conntrack.port_id` to recognise
+the daemon's own writes.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Final, NamedTuple, TypeVar
+
+from .model import EventKind, Expectation, Flow, Tuple
+from .netlink import ctnetlink as ct
+from .netlink._attrs import BE32, DecodeError, iter_attrs
+from .netlink._socket import (
+    OVERRUN,
+    Message,
+    NetlinkError,
+    NetlinkSocket,
+    Overrun,
+    Request,
+)
+
+__all__ = [
+    "ALL_EVENT_GROUPS",
+    "Conntrack",
+    "DecodeErrors",
+    "Event",
+    "EventStats",
+    "EventStream",
+    "FLOW_EVENT_GROUPS",
+    "EXPECT_EVENT_GROUPS",
+    "OVERRUN",
+    "Overrun",
+]
+
+FLOW_EVENT_GROUPS: Final = (ct.GROUP_CT_NEW, ct.GROUP_CT_UPDATE, ct.GROUP_CT_DESTROY)
+EXPECT_EVENT_GROUPS: Final = (ct.GROUP_EXP_NEW, ct.GROUP_EXP_UPDATE, ct.GROUP_EXP_DESTROY)
+ALL_EVENT_GROUPS: Final = FLOW_EVENT_GROUPS + EXPECT_EVENT_GROUPS
+
+_T = TypeVar("_T")
+
+
+class Event(NamedTuple):
+    """A kernel notification: what happened, to what, and whose write caused it."""
+
+    kind: EventKind
+    obj: Flow | Expectation
+    origin: int
+
+
+@dataclass(slots=True)
+class DecodeErrors:
+    """Messages the codec refused; counted, remembered, and skipped."""
+
+    count: int = 0
+    last: str | None = None
+
+    def add(self, exc: DecodeError) -> None:
+        self.count += 1
+        self.last = str(exc)
+
+
+class Conntrack:
+    """Requests to the conntrack and expectation tables.
+
+    ``port_id`` is the netlink port of the request socket: events whose origin equals it
+    were caused by this object's writes.
+    """
+
+    def __init__(self, *, rcvbuf: int = 8 * 1024 * 1024) -> None:
+        self._nl = NetlinkSocket(rcvbuf=rcvbuf)
+        self.port_id: int = self._nl.port_id
+        self.decode_errors = DecodeErrors()
+
+    def close(self) -> None:
+        self._nl.close()
+
+    def __enter__(self) -> Conntrack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- flows --------------------------------------------------------------------------
+    async def dump(
+        self,
+        family: int = socket.AF_UNSPEC,
+        *,
+        mark: int | None = None,
+        mark_mask: int = 0xFFFFFFFF,
+        zone: int | None = None,
+        status: int | None = None,
+        status_mask: int | None = None,
+    ) -> list[Flow]:
+        """Every flow, filtered in the kernel by family, mark/mask, zone and status."""
+        body = ct.flow_dump_filter(
+            family, mark=mark, mark_mask=mark_mask, zone=zone, status=status,
+            status_mask=status_mask,
+        )
+        msgs = await self._nl.dump(Request(ct.CT_GET, 0, body), "dump conntrack table")
+        return self._decode_all(msgs, ct.decode_flow)
+
+    async def get(self, orig: Tuple, zone: int | None = None) -> Flow | None:
+        """The flow with this original tuple, or ``None`` when the kernel has none."""
+        try:
+            msgs = await self._nl.request(Request(ct.CT_GET, 0, ct.flow_key(orig, zone)), "get")
+        except NetlinkError as exc:
+            if exc.errno == 2:  # ENOENT
+                return None
+            raise
+        flows = self._decode_all(msgs, ct.decode_flow)
+        return flows[0] if flows else None
+
+    async def create(self, flow: Flow) -> None:
+        await self._one(ct.flow_create(flow), "create flow")
+
+    async def create_many(
+        self, flows: Iterable[Flow], *, exclusive: bool = True
+    ) -> list[NetlinkError | None]:
+        """Create flows in large batches; one result per flow (``None`` = created)."""
+        return await self.write_many([ct.flow_create(f, exclusive=exclusive) for f in flows])
+
+    async def write_many(self, requests: Sequence[Request]) -> list[NetlinkError | None]:
+        """Send prepared requests in batches (see :meth:`NetlinkSocket.batch`)."""
+        return await self._nl.batch(requests)
+
+    async def update(self, flow: Flow) -> None:
+        await self._one(ct.flow_update(flow), "update flow")
+
+    async def delete(self, orig: Tuple, zone: int | None = None) -> None:
+        await self._one(Request(ct.CT_DELETE, 0, ct.flow_key(orig, zone)), "delete flow")
+
+    async def delete_many(self, flows: Iterable[Flow]) -> list[NetlinkError | None]:
+        reqs = [Request(ct.CT_DELETE, 0, ct.flow_key(f.orig, f.zone)) for f in flows]
+        return await self._nl.batch(reqs)
+
+    async def flush(self, family: int = socket.AF_UNSPEC) -> None:
+        """Delete every flow (of one family, if given)."""
+        await self._one(Request(ct.CT_DELETE, 0, ct.nfgenmsg(family)), "flush conntrack table")
+
+    async def count(self) -> int:
+        return (await self.stats_global())["entries"]
+
+    async def stats_global(self) -> dict[str, int]:
+        """Table size and limit (``CTA_STATS_GLOBAL_*``)."""
+        msgs = await self._nl.request(Request(ct.CT_GET_STATS, 0, ct.nfgenmsg()), "stats")
+        values = self._attr_ints(msgs[0]) if msgs else {}
+        return {
+            "entries": values.get(ct.CTA_STATS_GLOBAL_ENTRIES, 0),
+            "max_entries": values.get(ct.CTA_STATS_GLOBAL_MAX_ENTRIES, 0),
+        }
+
+    async def stats_cpu(self) -> dict[str, int]:
+        """Per-CPU conntrack counters, summed over CPUs (insert_failed, drop, ...)."""
+        msgs = await self._nl.dump(Request(ct.CT_GET_STATS_CPU, 0, ct.nfgenmsg()), "stats")
+        return self._sum_cpu(msgs, ct.CT_CPU_STATS)
+
+    # -- expectations -------------------------------------------------------------------
+    async def dump_expect(self, family: int = socket.AF_UNSPEC) -> list[Expectation]:
+        msgs = await self._nl.dump(Request(ct.EXP_GET, 0, ct.nfgenmsg(family)), "dump expect")
+        return self._decode_all(msgs, ct.decode_expect)
+
+    async def create_expect(self, exp: Expectation) -> None:
+        await self._one(ct.expect_create(exp), "create expectation")
+
+    async def create_expect_many(self, exps: Iterable[Expectation]) -> list[NetlinkError | None]:
+        return await self._nl.batch([ct.expect_create(e) for e in exps])
+
+    async def delete_expect(self, exp: Expectation) -> None:
+        await self._one(Request(ct.EXP_DELETE, 0, ct.expect_key(exp)), "delete expectation")
+
+    async def flush_expect(self, family: int = socket.AF_UNSPEC) -> None:
+        await self._one(Request(ct.EXP_DELETE, 0, ct.nfgenmsg(family)), "flush expectations")
+
+    async def expect_stats_cpu(self) -> dict[str, int]:
+        msgs = await self._nl.dump(Request(ct.EXP_GET_STATS_CPU, 0, ct.nfgenmsg()), "stats")
+        return self._sum_cpu(msgs, ct.EXP_CPU_STATS)
+
+    # -- helpers ------------------------------------------------------------------------
+    async def _one(self, req: Request, what: str) -> None:
+        await self._nl.request(req, what)
+
+    def _decode_all(
+        self, msgs: list[Message], decode: Callable[[bytes, int, int], _T]
+    ) -> list[_T]:
+        out = []
+        for msg in msgs:
+            try:
+                out.append(decode(msg.data, msg.offset, msg.end))
+            except DecodeError as exc:
+                self.decode_errors.add(exc)
+        return out
+
+    @staticmethod
+    def _attr_ints(msg: Message) -> dict[int, int]:
+        values = {}
+        for atype, ps, pe in iter_attrs(msg.data, msg.offset + 4, msg.end, "stats"):
+            if pe - ps == 4:
+                values[atype] = BE32.decode(msg.data, ps, pe)
+        return values
+
+    def _sum_cpu(self, msgs: list[Message], names: tuple[str, ...]) -> dict[str, int]:
+        total = dict.fromkeys(names, 0)
+        for msg in msgs:
+            for key, value in ct.decode_stats_cpu(self._attr_ints(msg), names).items():
+                total[key] += value
+        return total
+
+
+@dataclass(slots=True)
+class EventStats:
+    flows: dict[EventKind, int] = field(default_factory=lambda: dict.fromkeys(EventKind, 0))
+    expects: dict[EventKind, int] = field(default_factory=lambda: dict.fromkeys(EventKind, 0))
+    overruns: int = 0
+
+
+class EventStream:
+    """Kernel conntrack/expectation events, delivered in batches.
+
+    ``batches()`` yields lists of :class:`Event`, or :data:`OVERRUN` when the kernel had to
+    drop events because we were too slow: the caller's picture of the table is then stale
+    and it must resync from a dump.  Malformed messages are counted in ``decode_errors``
+    and skipped; the stream goes on with the next one.
+    """
+
+    def __init__(
+        self, groups: Iterable[int] = ALL_EVENT_GROUPS, *, rcvbuf: int = 16 * 1024 * 1024
+    ) -> None:
+        self._nl = NetlinkSocket(groups=groups, rcvbuf=rcvbuf)
+        self.decode_errors = DecodeErrors()
+        self.stats = EventStats()
+
+    @property
+    def rcvbuf(self) -> int:
+        return self._nl.rcvbuf
+
+    def set_rcvbuf(self, size: int) -> None:
+        self._nl.set_rcvbuf(size)
+
+    def close(self) -> None:
+        self._nl.close()
+
+    def __enter__(self) -> EventStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def next_batch(self) -> list[Event] | Overrun:
+        while True:
+            msgs = await self._nl.recv_batch()
+            if msgs is OVERRUN:
+                self.stats.overruns += 1
+                return OVERRUN
+            assert not isinstance(msgs, Overrun)
+            events = self.decode(msgs)
+            if events:
+                return events
+
+    async def batches(self) -> AsyncIterator[list[Event] | Overrun]:
+        while True:
+            yield await self.next_batch()
+
+    def decode(self, msgs: list[Message]) -> list[Event]:
+        out: list[Event] = []
+        append = out.append
+        flow_stats, exp_stats = self.stats.flows, self.stats.expects
+        for msg in msgs:
+            subsys = msg.type >> 8
+            try:
+                if subsys == ct.NFNL_SUBSYS_CTNETLINK:
+                    kind = ct.event_kind(msg)
+                    append(Event(kind, ct.decode_flow(msg.data, msg.offset, msg.end), msg.pid))
+                    flow_stats[kind] += 1
+                elif subsys == ct.NFNL_SUBSYS_CTNETLINK_EXP:
+                    kind = ct.event_kind(msg)
+                    obj = ct.decode_expect(msg.data, msg.offset, msg.end)
+                    append(Event(kind, obj, msg.pid))
+                    exp_stats[kind] += 1
+            except DecodeError as exc:
+                self.decode_errors.add(exc)
+        return out
+
