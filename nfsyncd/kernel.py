@@ -29,14 +29,14 @@ from .netlink._socket import (
 
 __all__ = [
     "ALL_EVENT_GROUPS",
+    "EXPECT_EVENT_GROUPS",
+    "FLOW_EVENT_GROUPS",
+    "OVERRUN",
     "Conntrack",
     "DecodeErrors",
     "Event",
     "EventStats",
     "EventStream",
-    "FLOW_EVENT_GROUPS",
-    "EXPECT_EVENT_GROUPS",
-    "OVERRUN",
     "Overrun",
 ]
 
@@ -74,8 +74,10 @@ class Conntrack:
     were caused by this object's writes.
     """
 
-    def __init__(self, *, rcvbuf: int = 8 * 1024 * 1024) -> None:
-        self._nl = NetlinkSocket(rcvbuf=rcvbuf)
+    def __init__(
+        self, *, rcvbuf: int = 8 * 1024 * 1024, nl: NetlinkSocket | None = None
+    ) -> None:
+        self._nl = nl if nl is not None else NetlinkSocket(rcvbuf=rcvbuf)
         self.port_id: int = self._nl.port_id
         self.decode_errors = DecodeErrors()
 
@@ -101,7 +103,11 @@ class Conntrack:
     ) -> list[Flow]:
         """Every flow, filtered in the kernel by family, mark/mask, zone and status."""
         body = ct.flow_dump_filter(
-            family, mark=mark, mark_mask=mark_mask, zone=zone, status=status,
+            family,
+            mark=mark,
+            mark_mask=mark_mask,
+            zone=zone,
+            status=status,
             status_mask=status_mask,
         )
         msgs = await self._nl.dump(Request(ct.CT_GET, 0, body), "dump conntrack table")
@@ -187,9 +193,7 @@ class Conntrack:
     async def _one(self, req: Request, what: str) -> None:
         await self._nl.request(req, what)
 
-    def _decode_all(
-        self, msgs: list[Message], decode: Callable[[bytes, int, int], _T]
-    ) -> list[_T]:
+    def _decode_all(self, msgs: list[Message], decode: Callable[[bytes, int, int], _T]) -> list[_T]:
         out = []
         for msg in msgs:
             try:
@@ -231,9 +235,13 @@ class EventStream:
     """
 
     def __init__(
-        self, groups: Iterable[int] = ALL_EVENT_GROUPS, *, rcvbuf: int = 16 * 1024 * 1024
+        self,
+        groups: Iterable[int] = ALL_EVENT_GROUPS,
+        *,
+        rcvbuf: int = 16 * 1024 * 1024,
+        nl: NetlinkSocket | None = None,
     ) -> None:
-        self._nl = NetlinkSocket(groups=groups, rcvbuf=rcvbuf)
+        self._nl = nl if nl is not None else NetlinkSocket(groups=groups, rcvbuf=rcvbuf)
         self.decode_errors = DecodeErrors()
         self.stats = EventStats()
 
@@ -287,4 +295,3 @@ class EventStream:
             except DecodeError as exc:
                 self.decode_errors.add(exc)
         return out
-

@@ -122,8 +122,15 @@ class Tuple(NamedTuple):
         if icmp_type is not None:
             icmp_type = _ICMP_REPLY_TYPE.get((self.proto, icmp_type), icmp_type)
         return Tuple(
-            self.dst, self.src, self.proto, self.dport, self.sport, icmp_type, self.icmp_code,
-            self.icmp_id, self.zone,
+            self.dst,
+            self.src,
+            self.proto,
+            self.dport,
+            self.sport,
+            icmp_type,
+            self.icmp_code,
+            self.icmp_id,
+            self.zone,
         )
 
     def describe(self) -> str:

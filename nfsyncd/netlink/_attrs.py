@@ -18,16 +18,16 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 __all__ = [
-    "NLA_F_NESTED",
-    "NLA_TYPE_MASK",
     "BE16",
     "BE32",
     "BE64",
+    "NLA_F_NESTED",
+    "NLA_TYPE_MASK",
+    "U8",
     "Codec",
     "DecodeError",
     "Field",
     "Schema",
-    "U8",
     "attr",
     "iter_attrs",
     "raw_bytes",
@@ -65,8 +65,9 @@ def iter_attrs(buf: bytes, start: int, end: int, path: str = "") -> Iterator[tup
         length, atype = _unpack_hdr(buf, off)
         if length < 4 or off + length > end:
             raise DecodeError(
-                path, f"attribute type {atype & NLA_TYPE_MASK} claims length {length}, "
-                f"{end - off} bytes left"
+                path,
+                f"attribute type {atype & NLA_TYPE_MASK} claims length {length}, "
+                f"{end - off} bytes left",
             )
         yield atype & NLA_TYPE_MASK, off + 4, off + length
         off += (length + 3) & ~3

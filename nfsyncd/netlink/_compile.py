@@ -59,11 +59,12 @@ class _Gen:
             raise TypeError(f"schema {schema.name}: factory must be a NamedTuple")
         args = []
         for fld in fields:
-            local = locals_.get(fld)
-            if local is None:
+            found = locals_.get(fld)
+            if found is None:
                 default = self.name("_default", defaults.get(fld))
                 args.append(default)
                 continue
+            local = found
             if fld not in defaults:  # required member
                 lines.append(f"    if {local} is None:")
                 lines.append(
@@ -123,7 +124,13 @@ class _Gen:
         lines.append(f"{pad}    {o} += ({ln} + 3) & -4")
 
     def _field(
-        self, f: Field, lines: list[str], depth: int, ps: str, pe: str, path: str,
+        self,
+        f: Field,
+        lines: list[str],
+        depth: int,
+        ps: str,
+        pe: str,
+        path: str,
         locals_: dict[str, str],
     ) -> None:
         pad = "    " * depth
@@ -242,7 +249,7 @@ class _Gen:
 
     def _define(self, lines: list[str]) -> None:
         source = "\n".join(lines) + "\n"
-        exec(compile(source, f"<schema {lines[0]}>", "exec"), self.ns)  # noqa: S102
+        exec(compile(source, f"<schema {lines[0]}>", "exec"), self.ns)
         fn_name = lines[0][4 : lines[0].index("(")]
         self.ns[fn_name].__source__ = source
 

@@ -16,6 +16,7 @@ An overrun (``ENOBUFS``) means the kernel dropped messages for us.  It is never 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
@@ -28,6 +29,7 @@ import trio
 from ._attrs import DecodeError, iter_attrs
 
 __all__ = [
+    "NETLINK_NETFILTER",
     "NLM_F_ACK",
     "NLM_F_APPEND",
     "NLM_F_CREATE",
@@ -36,7 +38,6 @@ __all__ = [
     "NLM_F_MULTI",
     "NLM_F_REPLACE",
     "NLM_F_REQUEST",
-    "NETLINK_NETFILTER",
     "OVERRUN",
     "Message",
     "NetlinkError",
@@ -194,26 +195,41 @@ class NetlinkSocket:
         groups: Iterable[int] = (),
         rcvbuf: int = DEFAULT_RCVBUF,
         sndbuf: int = 4 * 1024 * 1024,
+        sock: socket.socket | None = None,
     ) -> None:
+        """Open and bind a netlink socket.
+
+        ``sock`` replaces the kernel with anything datagram-shaped (a ``socketpair``): unit
+        tests play the kernel's side of the conversation without privileges.
+        """
+        if sock is not None:
+            sock.setblocking(False)
+            self._sock = sock
+            self.port_id = 4242
+        else:
+            self._sock = self._open(protocol, groups, rcvbuf, sndbuf)
+            self.port_id = self._sock.getsockname()[0]
+        self._seq = int.from_bytes(os.urandom(2), "little") << 8
+
+    @classmethod
+    def _open(
+        cls, protocol: int, groups: Iterable[int], rcvbuf: int, sndbuf: int
+    ) -> socket.socket:
         sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, protocol)
         try:
             sock.bind((0, 0))
-            self._set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
-            self._set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, sndbuf)
+            cls._set_buffer(sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, rcvbuf)
+            cls._set_buffer(sock, socket.SO_SNDBUF, SO_SNDBUFFORCE, sndbuf)
             for opt in (NETLINK_EXT_ACK, NETLINK_CAP_ACK):
-                try:
+                with contextlib.suppress(OSError):  # older kernels: plain errors still work
                     sock.setsockopt(SOL_NETLINK, opt, 1)
-                except OSError:  # older kernels: plain errors still work
-                    pass
             for group in groups:
                 sock.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, group)
             sock.setblocking(False)
         except BaseException:
             sock.close()
             raise
-        self._sock = sock
-        self.port_id: int = sock.getsockname()[0]
-        self._seq = int.from_bytes(os.urandom(2), "little") << 8
+        return sock
 
     @staticmethod
     def _set_buffer(sock: socket.socket, plain: int, force: int, size: int) -> None:
@@ -377,4 +393,3 @@ class NetlinkSocket:
                     results[start + seq - first_seq] = NetlinkError(err, "", ext)
                 if seq == last_seq:
                     return
-

@@ -22,8 +22,8 @@ from ..model import (
     Counters,
     DccpInfo,
     EventKind,
-    ExpectNat,
     Expectation,
+    ExpectNat,
     Flow,
     SctpInfo,
     SeqAdj,
@@ -102,7 +102,11 @@ CTA_PROTO_ICMPV6_ID, CTA_PROTO_ICMPV6_TYPE, CTA_PROTO_ICMPV6_CODE = 7, 8, 9
 CTA_PROTOINFO_TCP, CTA_PROTOINFO_DCCP, CTA_PROTOINFO_SCTP = 1, 2, 3
 CTA_HELP_NAME = 1
 CTA_NAT_V4_MINIP, CTA_NAT_V4_MAXIP, CTA_NAT_PROTO, CTA_NAT_V6_MINIP, CTA_NAT_V6_MAXIP = (
-    1, 2, 3, 4, 5,
+    1,
+    2,
+    3,
+    4,
+    5,
 )
 CTA_PROTONAT_PORT_MIN, CTA_PROTONAT_PORT_MAX = 1, 2
 CTA_STATS_GLOBAL_ENTRIES, CTA_STATS_GLOBAL_MAX_ENTRIES = 1, 2
@@ -114,8 +118,20 @@ CTA_EXPECT_NAT_DIR, CTA_EXPECT_NAT_TUPLE = 1, 2
 
 # per-CPU statistics, in attribute order (CTA_STATS_SEARCHED = 1 ...)
 CT_CPU_STATS: Final = (
-    "searched", "found", "new", "invalid", "ignore", "delete", "delete_list", "insert",
-    "insert_failed", "drop", "early_drop", "error", "search_restart", "clash_resolve",
+    "searched",
+    "found",
+    "new",
+    "invalid",
+    "ignore",
+    "delete",
+    "delete_list",
+    "insert",
+    "insert_failed",
+    "drop",
+    "early_drop",
+    "error",
+    "search_restart",
+    "clash_resolve",
     "chain_toolong",
 )
 EXP_CPU_STATS: Final = ("new", "create", "delete")
@@ -273,12 +289,27 @@ _PROTOINFO_SCTP = Schema(
 _PROTOINFO = Schema(
     "CTA_PROTOINFO",
     [
-        Field(CTA_PROTOINFO_TCP, "CTA_PROTOINFO_TCP", "protoinfo", schema=_PROTOINFO_TCP,
-              when=lambda f: isinstance(f.protoinfo, TcpInfo)),
-        Field(CTA_PROTOINFO_DCCP, "CTA_PROTOINFO_DCCP", "protoinfo", schema=_PROTOINFO_DCCP,
-              when=lambda f: isinstance(f.protoinfo, DccpInfo)),
-        Field(CTA_PROTOINFO_SCTP, "CTA_PROTOINFO_SCTP", "protoinfo", schema=_PROTOINFO_SCTP,
-              when=lambda f: isinstance(f.protoinfo, SctpInfo)),
+        Field(
+            CTA_PROTOINFO_TCP,
+            "CTA_PROTOINFO_TCP",
+            "protoinfo",
+            schema=_PROTOINFO_TCP,
+            when=lambda f: isinstance(f.protoinfo, TcpInfo),
+        ),
+        Field(
+            CTA_PROTOINFO_DCCP,
+            "CTA_PROTOINFO_DCCP",
+            "protoinfo",
+            schema=_PROTOINFO_DCCP,
+            when=lambda f: isinstance(f.protoinfo, DccpInfo),
+        ),
+        Field(
+            CTA_PROTOINFO_SCTP,
+            "CTA_PROTOINFO_SCTP",
+            "protoinfo",
+            schema=_PROTOINFO_SCTP,
+            when=lambda f: isinstance(f.protoinfo, SctpInfo),
+        ),
     ],
 )
 
@@ -288,7 +319,10 @@ _HELP = Schema("CTA_HELP", [Field(CTA_HELP_NAME, "CTA_HELP_NAME", "helper", stri
 
 _COUNTERS = Schema(
     "counters",
-    [Field(1, "CTA_COUNTERS_PACKETS", "packets", BE64), Field(2, "CTA_COUNTERS_BYTES", "bytes", BE64)],
+    [
+        Field(1, "CTA_COUNTERS_PACKETS", "packets", BE64),
+        Field(2, "CTA_COUNTERS_BYTES", "bytes", BE64),
+    ],
     Counters,
 )
 _TIMESTAMP = Schema(
@@ -325,10 +359,16 @@ FLOW = Schema(
         Field(CTA_HELP, "CTA_HELP", "", schema=_HELP, inline=True),
         Field(CTA_TIMEOUT, "CTA_TIMEOUT", "timeout", BE32),
         Field(CTA_MARK, "CTA_MARK", "mark", BE32),
-        Field(CTA_COUNTERS_ORIG, "CTA_COUNTERS_ORIG", "counters_orig", schema=_COUNTERS,
-              readonly=True),
-        Field(CTA_COUNTERS_REPLY, "CTA_COUNTERS_REPLY", "counters_reply", schema=_COUNTERS,
-              readonly=True),
+        Field(
+            CTA_COUNTERS_ORIG, "CTA_COUNTERS_ORIG", "counters_orig", schema=_COUNTERS, readonly=True
+        ),
+        Field(
+            CTA_COUNTERS_REPLY,
+            "CTA_COUNTERS_REPLY",
+            "counters_reply",
+            schema=_COUNTERS,
+            readonly=True,
+        ),
         Field(CTA_USE, "CTA_USE", "use", BE32, readonly=True),
         Field(CTA_ID, "CTA_ID", "id", BE32, readonly=True),
         Field(CTA_TUPLE_MASTER, "CTA_TUPLE_MASTER", "master", schema=TUPLE),
@@ -339,8 +379,7 @@ FLOW = Schema(
         Field(CTA_TIMESTAMP, "CTA_TIMESTAMP", "timestamp", schema=_TIMESTAMP, readonly=True),
         Field(CTA_LABELS, "CTA_LABELS", "labels", raw_bytes()),
         Field(CTA_SYNPROXY, "CTA_SYNPROXY", "synproxy", schema=_SYNPROXY),
-        Field(CTA_TIMESTAMP_EVENT, "CTA_TIMESTAMP_EVENT", "timestamp_event", BE64,
-              readonly=True),
+        Field(CTA_TIMESTAMP_EVENT, "CTA_TIMESTAMP_EVENT", "timestamp_event", BE64, readonly=True),
     ],
     Flow,
 )
@@ -455,8 +494,12 @@ def flow_create(flow: Flow, *, exclusive: bool = True) -> Request:
 # plain ints: IntFlag arithmetic costs microseconds per operation on the create path
 _CONFIRMED: Final = int(Status.CONFIRMED)
 _SETTABLE_STATUS: Final = int(
-    Status.SEEN_REPLY | Status.ASSURED | Status.CONFIRMED | Status.SEQ_ADJUST
-    | Status.FIXED_TIMEOUT | Status.HELPER
+    Status.SEEN_REPLY
+    | Status.ASSURED
+    | Status.CONFIRMED
+    | Status.SEQ_ADJUST
+    | Status.FIXED_TIMEOUT
+    | Status.HELPER
 )
 
 
