@@ -48,19 +48,19 @@ threading.Thread(target=udp, daemon=True).start()
 tcp()
 """
 
-_GATEWAY_RULES = """
-table inet nfsdemo {
-    chain input {
+_GATEWAY_RULES = f"""
+table inet nfsdemo {{
+    chain input {{
         type filter hook input priority filter; policy drop;
         ct state established,related accept
         ct state invalid drop
         iif lo accept
         icmp type echo-request accept
-        tcp dport %d ct state new accept
-        udp dport %d accept
-    }
-}
-""" % (TCP_PORT, UDP_PORT)
+        tcp dport {TCP_PORT} ct state new accept
+        udp dport {UDP_PORT} accept
+    }}
+}}
+"""
 
 _CLIENT = f"""
 import socket, sys

@@ -1,0 +1,56 @@
+"""A real FTP server (pyftpdlib) for expectation tests: anonymous, read/write, one directory.
+
+Run inside a lab namespace:
+
+    python tests/tools/ftpserver.py --address 198.18.0.1 --port 2121 --root DIR
+
+It prints ``READY <address> <port>`` on stdout once the listening socket is bound (connects
+succeed from then on), then serves until SIGTERM. Passive data connections use the fixed
+port range 30000-30009 so firewall rules in tests can name them. Logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+
+PASSIVE_PORTS = range(30000, 30010)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--address", required=True)
+    parser.add_argument("--port", type=int, default=2121)
+    parser.add_argument("--root", required=True)
+    args = parser.parse_args()
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+    authorizer = DummyAuthorizer()
+    authorizer.add_anonymous(args.root, perm="elradfmwMT")
+
+    class Handler(FTPHandler):
+        pass
+
+    Handler.authorizer = authorizer
+    Handler.passive_ports = list(PASSIVE_PORTS)
+    Handler.timeout = 60
+
+    server = FTPServer((args.address, args.port), Handler)
+
+    def stop(signum: int, frame: object) -> None:
+        server.close_all()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    print(f"READY {args.address} {args.port}", flush=True)
+    server.serve_forever(handle_exit=False)
+
+
+if __name__ == "__main__":
+    main()
