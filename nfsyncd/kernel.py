@@ -45,6 +45,8 @@ EXPECT_EVENT_GROUPS: Final = (ct.GROUP_EXP_NEW, ct.GROUP_EXP_UPDATE, ct.GROUP_EX
 ALL_EVENT_GROUPS: Final = FLOW_EVENT_GROUPS + EXPECT_EVENT_GROUPS
 
 _T = TypeVar("_T")
+#: flows encoded per batch by create_many (about one sendmsg of ~256 KiB)
+_ENCODE_CHUNK: Final = 1500
 
 
 class Event(NamedTuple):
@@ -74,9 +76,7 @@ class Conntrack:
     were caused by this object's writes.
     """
 
-    def __init__(
-        self, *, rcvbuf: int = 8 * 1024 * 1024, nl: NetlinkSocket | None = None
-    ) -> None:
+    def __init__(self, *, rcvbuf: int = 8 * 1024 * 1024, nl: NetlinkSocket | None = None) -> None:
         self._nl = nl if nl is not None else NetlinkSocket(rcvbuf=rcvbuf)
         self.port_id: int = self._nl.port_id
         self.decode_errors = DecodeErrors()
@@ -130,8 +130,21 @@ class Conntrack:
     async def create_many(
         self, flows: Iterable[Flow], *, exclusive: bool = True
     ) -> list[NetlinkError | None]:
-        """Create flows in large batches; one result per flow (``None`` = created)."""
-        return await self.write_many([ct.flow_create(f, exclusive=exclusive) for f in flows])
+        """Create flows in large batches; one result per flow (``None`` = created).
+
+        Encodes chunk by chunk rather than all at once: the requests of a 100k-flow batch
+        would otherwise all be alive together (memory, and the cyclic GC rescanning them).
+        """
+        results: list[NetlinkError | None] = []
+        chunk: list[Request] = []
+        for flow in flows:
+            chunk.append(ct.flow_create(flow, exclusive=exclusive))
+            if len(chunk) == _ENCODE_CHUNK:
+                results += await self._nl.batch(chunk)
+                chunk = []
+        if chunk:
+            results += await self._nl.batch(chunk)
+        return results
 
     async def write_many(self, requests: Sequence[Request]) -> list[NetlinkError | None]:
         """Send prepared requests in batches (see :meth:`NetlinkSocket.batch`)."""

@@ -31,6 +31,7 @@ class _Gen:
         self.ns: dict[str, Any] = {
             "DecodeError": DecodeError,
             "_hdr": _HDR.unpack_from,
+            "_hdr_pack": _HDR.pack,
             "_attr": attr,
             "_struct_error": struct.error,
         }
@@ -188,6 +189,7 @@ class _Gen:
     def _encode_body(
         self, schema: Schema, lines: list[str], depth: int, value: str, ap: str, path: str
     ) -> None:
+        prev: tuple[str, str] | None = None
         for f in schema.fields:
             if f.readonly:
                 continue
@@ -195,6 +197,7 @@ class _Gen:
             sub = f"{path}.{f.name}" if path else f.name
             when = None if f.when is None else self.name("_when", f.when)
             if f.inline:
+                prev = None
                 if when is not None:
                     lines.append(f"{pad}if {when}({value}):")
                     pad += "    "
@@ -205,23 +208,37 @@ class _Gen:
                 self._encode_body(f.schema, lines, inner, value, f"{lst}.append", sub)
                 lines += [
                     f"{pad}if {lst}:",
-                    f"{pad}    {ap}(_attr({f.atype | NLA_F_NESTED}, b''.join({lst})))",
+                    f"{pad}    b = b''.join({lst})",
+                    f"{pad}    {ap}(_hdr_pack(len(b) + 4, {f.atype | NLA_F_NESTED}) + b)",
                 ]
                 continue
             cond = "x is not None" if when is None else f"x is not None and {when}({value})"
-            lines += [f"{pad}x = {value}.{f.field}", f"{pad}if {cond}:"]
+            if when is not None and prev == (f.field, pad):
+                lines.append(f"{pad}elif {cond}:")  # another encoding of the same member
+            else:
+                lines += [f"{pad}x = {value}.{f.field}", f"{pad}if {cond}:"]
+            prev = (f.field, pad) if when is not None else None
             pad += "    "
             if f.schema is not None:
                 sub_fn = self.encode_fn(f.schema)
                 nested = f.atype | NLA_F_NESTED
+                lines.append(f"{pad}try:")
+                # A nest's payload is whole attributes, so already 4-aligned: no padding.
                 if f.schema.fast_encode is not None:
                     fast = self.name("_fast", f.schema.fast_encode)
                     lines += [
-                        f"{pad}b = {fast}(x)",
-                        f"{pad}{ap}(_attr({nested}, {sub_fn}(x) if b is None else b))",
+                        f"{pad}    b = {fast}(x)",
+                        f"{pad}    if b is None:",
+                        f"{pad}        b = {sub_fn}(x)",
                     ]
                 else:
-                    lines.append(f"{pad}{ap}(_attr({nested}, {sub_fn}(x)))")
+                    lines.append(f"{pad}    b = {sub_fn}(x)")
+                lines.append(f"{pad}    {ap}(_hdr_pack(len(b) + 4, {nested}) + b)")
+                # the nested function names paths from its own level: prefix ours
+                lines += [
+                    f"{pad}except ValueError as exc:",
+                    f"{pad}    raise ValueError({sub + '.'!r} + str(exc)) from None",
+                ]
                 continue
             codec = f.codec
             assert codec is not None
@@ -243,7 +260,7 @@ class _Gen:
                 lines += [
                     f"{pad}try:",
                     f"{pad}    {ap}(_attr({f.atype | flag}, {enc}(x)))",
-                    f"{pad}except ValueError as exc:",
+                    f"{pad}except (ValueError, _struct_error) as exc:",
                     f"{pad}    raise ValueError({sub!r} + ': ' + str(exc)) from None",
                 ]
 

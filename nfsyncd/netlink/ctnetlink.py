@@ -219,9 +219,12 @@ class _CanonicalTuple:
             return None
         return tuple.__new__(Tuple, (src, dst, proto, sport, dport, None, None, None, None))
 
-    def encode(self, t: Tuple) -> bytes:
+    def encode(self, t: Tuple) -> bytes | None:
         h0, h1, h2, h3, h4 = self.headers
-        return self.layout.pack(h0, t.src, h1, t.dst, h2, t.proto, h3, t.sport, h4, t.dport)
+        try:
+            return self.layout.pack(h0, t.src, h1, t.dst, h2, t.proto, h3, t.sport, h4, t.dport)
+        except struct.error:
+            return None  # a value out of range: the table reports it with its attribute path
 
 
 def _tuple_fast_decode(buf: bytes, start: int, end: int) -> Tuple | None:
@@ -230,7 +233,14 @@ def _tuple_fast_decode(buf: bytes, start: int, end: int) -> Tuple | None:
 
 
 def _tuple_fast_encode(t: Tuple) -> bytes | None:
-    if t.sport is None or t.dport is None or t.icmp_type is not None or t.zone is not None:
+    if (
+        t.sport is None
+        or t.dport is None
+        or t.icmp_type is not None
+        or t.icmp_code is not None
+        or t.icmp_id is not None
+        or t.zone is not None
+    ):
         return None
     canon = _CANONICAL_BY_ADDR.get(len(t.src))
     if canon is None or len(t.dst) != canon.address_size:
@@ -417,6 +427,9 @@ def nfgenmsg(family: int = socket.AF_UNSPEC, res_id: int = 0) -> bytes:
     return _NFGENMSG.pack(family, NFNETLINK_V0, socket.htons(res_id))
 
 
+_NFGEN_BY_ADDR_LEN: Final = {4: nfgenmsg(socket.AF_INET), 16: nfgenmsg(socket.AF_INET6)}
+
+
 def family_of(t: Tuple) -> int:
     return socket.AF_INET if len(t.src) == 4 else socket.AF_INET6
 
@@ -485,8 +498,9 @@ def flow_create(flow: Flow, *, exclusive: bool = True) -> Request:
     if status is not None:
         # The kernel refuses to set bits it owns (NAT done, expected, dying...).
         status = (status | _CONFIRMED) & _SETTABLE_STATUS
-    sent = tuple.__new__(Flow, (flow.orig, flow.orig.inverted(), status, *flow[3:]))
-    payload = nfgenmsg(family_of(flow.orig)) + FLOW.encode(sent) + nat
+    orig = flow.orig
+    sent = tuple.__new__(Flow, (orig, orig.inverted(), status, *flow[3:]))
+    payload = _NFGEN_BY_ADDR_LEN[len(orig.src)] + FLOW.encode(sent) + nat
     flags = NLM_F_CREATE | (NLM_F_EXCL if exclusive else 0)
     return Request(CT_NEW, flags, payload)
 
