@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import socket
-import struct
 import sys
 from itertools import islice
 from pathlib import Path

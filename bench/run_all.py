@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import batch_create, codec, kernel_events  # noqa: E402
-from bench._common import Result, save  # noqa: E402
+from bench import batch_create, codec, kernel_events
+from bench._common import Result, save
 
 
 def markdown(sections: list[tuple[str, list[Result]]]) -> str:
