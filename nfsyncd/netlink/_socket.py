@@ -339,6 +339,11 @@ class NetlinkSocket:
                     if not dump:
                         return replies
                 elif msg.type == NLMSG_DONE:
+                    # A dump that failed part-way says so in DONE's payload (an errno).
+                    if msg.end - msg.offset >= 4:
+                        err = -_ERRNO.unpack_from(msg.data, msg.offset)[0]
+                        if err > 0:
+                            raise NetlinkError(err, what, "dump ended early")
                     return replies
                 elif msg.type != NLMSG_NOOP:
                     replies.append(msg)

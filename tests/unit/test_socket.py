@@ -563,3 +563,30 @@ async def test_a_batch_of_only_malformed_messages_is_not_returned(kernel: FakeKe
 def test_event_kind(mtype: int, flags: int, kind: EventKind) -> None:
     msg = Message(mtype, flags, 0, 0, b"", 0, 0)
     assert ct.event_kind(msg) is kind
+
+
+async def test_dump_that_ends_with_an_error_in_done_raises() -> None:
+    """A dump the kernel aborted reports the errno in NLMSG_DONE's payload; it must not be
+    mistaken for a complete (shorter) table."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    nl = NetlinkSocket(sock=a)
+    with nl, b:
+        async with trio.open_nursery() as nursery:
+
+            async def kernel() -> None:
+                await trio.lowlevel.wait_readable(b)
+                (req,) = parse_messages(b.recv(65536))
+                body = struct.pack("=i", -errno.ENOMEM)
+                b.send(struct.pack("=IHHII", 20, 3, 2, req.seq, 0) + body)  # NLMSG_DONE|MULTI
+
+            nursery.start_soon(kernel)
+            with pytest.raises(NetlinkError) as info:
+                await nl.dump(Request(0x101, 0, b"\0" * 4), "dump conntrack table")
+        assert info.value.errno == errno.ENOMEM
+        assert "dump ended early" in str(info.value)
+
+
+def test_flow_create_rejects_addresses_of_the_wrong_size() -> None:
+    bad = Flow(orig=Tuple(b"\1\2\3", b"\1\2\3", 17, 1, 2), timeout=30)
+    with pytest.raises(ValueError, match="CTA_TUPLE_ORIG: the source address must be 4"):
+        ct.flow_create(bad)
