@@ -298,30 +298,20 @@ _PROTOINFO_SCTP = Schema(
     ],
     SctpInfo,
 )
+
+
+def _protoinfo_row(atype: int, name: str, schema: Schema, kind: type) -> Field:
+    """One of the alternative nests of ``CTA_PROTOINFO``, chosen by the protoinfo's type."""
+    return Field(atype, name, "protoinfo", schema=schema,
+                 when=lambda f: isinstance(f.protoinfo, kind))  # fmt: skip
+
+
 _PROTOINFO = Schema(
     "CTA_PROTOINFO",
     [
-        Field(
-            CTA_PROTOINFO_TCP,
-            "CTA_PROTOINFO_TCP",
-            "protoinfo",
-            schema=_PROTOINFO_TCP,
-            when=lambda f: isinstance(f.protoinfo, TcpInfo),
-        ),
-        Field(
-            CTA_PROTOINFO_DCCP,
-            "CTA_PROTOINFO_DCCP",
-            "protoinfo",
-            schema=_PROTOINFO_DCCP,
-            when=lambda f: isinstance(f.protoinfo, DccpInfo),
-        ),
-        Field(
-            CTA_PROTOINFO_SCTP,
-            "CTA_PROTOINFO_SCTP",
-            "protoinfo",
-            schema=_PROTOINFO_SCTP,
-            when=lambda f: isinstance(f.protoinfo, SctpInfo),
-        ),
+        _protoinfo_row(CTA_PROTOINFO_TCP, "CTA_PROTOINFO_TCP", _PROTOINFO_TCP, TcpInfo),
+        _protoinfo_row(CTA_PROTOINFO_DCCP, "CTA_PROTOINFO_DCCP", _PROTOINFO_DCCP, DccpInfo),
+        _protoinfo_row(CTA_PROTOINFO_SCTP, "CTA_PROTOINFO_SCTP", _PROTOINFO_SCTP, SctpInfo),
     ],
 )
 
