@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, TypeVar
@@ -290,12 +291,13 @@ class EventStream:
 
     async def next_batch(self) -> list[Event] | Overrun:
         while True:
-            msgs = await self._nl.recv_batch()
-            if msgs is OVERRUN:
+            datagrams = await self._nl.recv_datagrams()
+            if isinstance(datagrams, Overrun):
                 self.stats.overruns += 1
                 return OVERRUN
-            assert not isinstance(msgs, Overrun)
-            events = self.decode(msgs)
+            events: list[Event] = []
+            for data in datagrams:
+                self.decode_datagram(data, events)
             if events:
                 return events
 
@@ -303,22 +305,46 @@ class EventStream:
         while True:
             yield await self.next_batch()
 
-    def decode(self, msgs: list[Message]) -> list[Event]:
-        out: list[Event] = []
+    def decode_datagram(self, data: bytes, out: list[Event] | None = None) -> list[Event]:
+        """The events in one datagram, appended to ``out`` (also returned).
+
+        This is the event hot path, so it walks the netlink headers itself and calls the
+        compiled flow/expectation decoders directly.  A malformed message is counted in
+        ``decode_errors`` and skipped; a malformed header ends the datagram (the next
+        header cannot be found), never the stream.
+        """
+        if out is None:
+            out = []
         append = out.append
         flow_stats, exp_stats = self.stats.flows, self.stats.expects
-        for msg in msgs:
-            subsys = msg.type >> 8
-            try:
-                if subsys == ct.NFNL_SUBSYS_CTNETLINK:
-                    kind = ct.event_kind(msg)
-                    append(Event(kind, ct.decode_flow(msg.data, msg.offset, msg.end), msg.pid))
-                    flow_stats[kind] += 1
-                elif subsys == ct.NFNL_SUBSYS_CTNETLINK_EXP:
-                    kind = ct.event_kind(msg)
-                    obj = ct.decode_expect(msg.data, msg.offset, msg.end)
-                    append(Event(kind, obj, msg.pid))
-                    exp_stats[kind] += 1
-            except DecodeError as exc:
-                self.decode_errors.add(exc)
+        off, end = 0, len(data)
+        while off + 16 <= end:
+            length, mtype, flags, _seq, pid = _unpack_nlmsghdr(data, off)
+            if length < 16 or off + length > end:
+                self.decode_errors.add(
+                    DecodeError("nlmsghdr", f"message claims length {length}, {end - off} left")
+                )
+                break
+            subsys = mtype >> 8
+            if subsys in (_CT, _EXP):
+                try:
+                    if length < 20:
+                        raise DecodeError("nfgenmsg", f"message of {length} bytes has no nfgenmsg")
+                    kind = ct.event_kind(mtype, flags)
+                    if subsys == _CT:
+                        append(Event(kind, _decode_flow(data, off + 20, off + length), pid))
+                        flow_stats[kind] += 1
+                    else:
+                        append(Event(kind, _decode_expect(data, off + 20, off + length), pid))
+                        exp_stats[kind] += 1
+                except DecodeError as exc:
+                    self.decode_errors.add(exc)
+            off += (length + 3) & ~3
         return out
+
+
+_unpack_nlmsghdr = struct.Struct("=IHHII").unpack_from
+_CT: Final = ct.NFNL_SUBSYS_CTNETLINK
+_EXP: Final = ct.NFNL_SUBSYS_CTNETLINK_EXP
+_decode_flow: Final = ct.FLOW.decoder()
+_decode_expect: Final = ct.EXPECT.decoder()

@@ -84,7 +84,7 @@ def message_entry(msg: Message) -> dict[str, Any] | None:
     else:
         return None
     is_reply = bool(msg.flags & NLM_F_MULTI) or msg.seq != 0
-    event = None if is_reply else ct.event_kind(msg).name
+    event = None if is_reply else ct.event_kind(msg.type, msg.flags).name
     return {"kind": kind, "event": event, "fields": to_jsonable(obj)}
 
 

@@ -223,6 +223,10 @@ class Schema:
                 raise exc.within(path) from None
             raise
 
+    def decoder(self) -> Callable[[bytes, int, int], Any]:
+        """The compiled decode function itself, for hot loops that handle DecodeError."""
+        return self._decode or self._compile()[0]
+
     def encode(self, value: Any, path: str = "") -> bytes:
         fn = self._encode
         if fn is None:

@@ -265,38 +265,40 @@ class NetlinkSocket:
         return self._seq
 
     # -- receiving ----------------------------------------------------------------------
-    def recv_nowait(self) -> list[Message] | Overrun | None:
-        """One datagram's messages, :data:`OVERRUN`, or ``None`` when nothing is queued."""
-        try:
-            # recv() would allocate RECV_SIZE bytes per call, above malloc's mmap threshold:
-            # an mmap/munmap per event (~9 µs). Receive into one reused buffer instead.
-            size = self._sock.recv_into(self._buf)
-            data = self._view[:size].tobytes()
-        except BlockingIOError:
-            return None
-        except OSError as exc:
-            if exc.errno == errno.ENOBUFS:
-                return OVERRUN
-            raise
-        return parse_messages(data)
-
-    async def recv_batch(self, max_datagrams: int = 512) -> list[Message] | Overrun:
+    async def recv_datagrams(self, max_datagrams: int = 512) -> list[bytes] | Overrun:
         """Wait for data, then drain up to ``max_datagrams`` datagrams without blocking.
 
-        Returns at least one message, or :data:`OVERRUN` (messages already drained in this
-        batch are dropped too: the caller resyncs from a dump anyway).
+        Returns at least one datagram, or :data:`OVERRUN` (datagrams already drained in
+        this batch are dropped too: the caller resyncs from a dump anyway).
         """
+        sock, view, buf = self._sock, self._view, self._buf
         while True:
-            await trio.lowlevel.wait_readable(self._sock)
-            out: list[Message] = []
+            await trio.lowlevel.wait_readable(sock)
+            out: list[bytes] = []
             for _ in range(max_datagrams):
-                got = self.recv_nowait()
-                if got is None:
+                try:
+                    # recv() would allocate RECV_SIZE bytes per call, above malloc's mmap
+                    # threshold: an mmap/munmap per event (~9 µs). Reuse one buffer instead.
+                    size = sock.recv_into(buf)
+                except BlockingIOError:
                     break
-                if got is OVERRUN:
-                    return OVERRUN
-                assert not isinstance(got, Overrun)
-                out.extend(got)
+                except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:
+                        return OVERRUN
+                    raise
+                out.append(view[:size].tobytes())
+            if out:
+                return out
+
+    async def recv_batch(self, max_datagrams: int = 512) -> list[Message] | Overrun:
+        """Like :meth:`recv_datagrams`, split into messages (at least one, or OVERRUN)."""
+        while True:
+            datagrams = await self.recv_datagrams(max_datagrams)
+            if isinstance(datagrams, Overrun):
+                return OVERRUN
+            out: list[Message] = []
+            for data in datagrams:
+                out += parse_messages(data)
             if out:
                 return out
 

@@ -580,11 +580,11 @@ def expect_key(exp: Expectation) -> bytes:
 
 
 # --- events ----------------------------------------------------------------------------
-def event_kind(msg: Message) -> EventKind:
+def event_kind(msg_type: int, flags: int) -> EventKind:
     """NEW and UPDATE share a message type and differ by the create flags."""
-    if msg.type & 0xFF == IPCTNL_MSG_CT_DELETE:
+    if msg_type & 0xFF == IPCTNL_MSG_CT_DELETE:
         return EventKind.DESTROY
-    if msg.flags & (NLM_F_CREATE | NLM_F_EXCL):
+    if flags & (NLM_F_CREATE | NLM_F_EXCL):
         return EventKind.NEW
     return EventKind.UPDATE
 

@@ -117,7 +117,7 @@ def _decode(msg: Message, *, event: bool) -> list[Received]:
         obj = ct.decode_expect(msg.data, msg.offset, msg.end)
     else:
         return []
-    return [Received(msg.data, msg, obj, ct.event_kind(msg) if event else None)]
+    return [Received(msg.data, msg, obj, ct.event_kind(msg.type, msg.flags) if event else None)]
 
 
 def _has(
@@ -617,7 +617,11 @@ def describe(path: Path) -> str:
     lines = [f"{path.stem}: {len(data)} bytes, {len(doc['messages'])} messages"]
     for msg in parse_messages(data):
         for r in _decode(msg, event=False):
-            kind = ct.event_kind(msg).name if msg.seq == 0 and not msg.flags & 2 else "reply"
+            kind = (
+                ct.event_kind(msg.type, msg.flags).name
+                if msg.seq == 0 and not msg.flags & 2
+                else "reply"
+            )
             lines.append(f"  {kind:7} pid={msg.pid} {r.obj.describe()}")
     return "\n".join(lines)
 

@@ -505,13 +505,26 @@ EXPECTED_EVENTS = [
 ]
 
 
+def test_a_broken_header_ends_the_datagram_not_the_stream() -> None:
+    """A message whose header claims more bytes than the datagram holds: the events before
+    it are kept, the error is counted with what was wrong, and nothing is raised."""
+    good = message(ct.CT_NEW, NEW_FLAGS, 0, flow_payload(flow(6001)), pid=0)
+    broken = struct.pack("=IHHII", 4000, ct.CT_NEW, NEW_FLAGS, 0, 0) + b"\0" * 24
+    stream = EventStream(nl=NetlinkSocket(sock=ScriptedSocket([])))
+    with stream:
+        events = stream.decode_datagram(good + broken)
+    assert events == [Event(EventKind.NEW, flow(6001), 0)]
+    assert stream.decode_errors.count == 1
+    assert stream.decode_errors.last == "nlmsghdr: message claims length 4000, 40 left"
+
+
 def test_event_decode_classifies_and_skips_malformed() -> None:
     """NEW is CT_NEW with CREATE|EXCL, UPDATE is CT_NEW without, DESTROY is CT_DELETE (for
     expectations likewise); expectations decode as Expectation; each event carries the port
     id of the writer; a malformed message is counted, remembered and skipped."""
     stream = EventStream(nl=NetlinkSocket(sock=ScriptedSocket([])))
     with stream:
-        events = stream.decode(parse_messages(event_datagram()))
+        events = stream.decode_datagram(event_datagram())
     assert events == EXPECTED_EVENTS
     assert stream.decode_errors.count == 1
     assert stream.decode_errors.last == "CTA_STATUS: expected 4 bytes (be32), got 3"
@@ -562,7 +575,7 @@ async def test_a_batch_of_only_malformed_messages_is_not_returned(kernel: FakeKe
 )
 def test_event_kind(mtype: int, flags: int, kind: EventKind) -> None:
     msg = Message(mtype, flags, 0, 0, b"", 0, 0)
-    assert ct.event_kind(msg) is kind
+    assert ct.event_kind(msg.type, msg.flags) is kind
 
 
 async def test_dump_that_ends_with_an_error_in_done_raises() -> None:
