@@ -7,7 +7,6 @@ are judged as ratios against a reference measured in the same run.
 from __future__ import annotations
 
 import json
-import os
 import resource
 import socket
 import statistics
@@ -50,12 +49,6 @@ def synthetic_flows(n: int, *, proto: int = 6, v6: bool = False, base: int = 0) 
         )
 
 
-def best_of(fn: Callable[[], float], runs: int) -> tuple[float, list[float]]:
-    """Run ``fn`` (which returns a per-item time) ``runs`` times; best and all samples."""
-    samples = [fn() for _ in range(runs)]
-    return min(samples), samples
-
-
 def per_item_us(fn: Callable[[], object], items: int, repeat: int = 5) -> tuple[float, float]:
     """µs per item: best and median of ``repeat`` timed passes over ``items`` items."""
     samples = []
@@ -69,14 +62,6 @@ def per_item_us(fn: Callable[[], object], items: int, repeat: int = 5) -> tuple[
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def rss_mib() -> float:
-    with open(f"/proc/{os.getpid()}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def save(name: str, results: list[Result]) -> Path:

@@ -89,7 +89,6 @@ class Codec(Generic[T]):
     name: str
     decode: Callable[[bytes, int, int], T]
     encode: Callable[[T], bytes]
-    nested: bool = False
     #: struct format of a fixed-size integer, or "bytes" for opaque bytes; lets the schema
     #: compiler inline the codec instead of calling it.
     fmt: str | None = None

@@ -256,10 +256,9 @@ class _Gen:
                 ]
             else:
                 enc = self.name("_cenc", codec.encode)
-                flag = NLA_F_NESTED if codec.nested else 0
                 lines += [
                     f"{pad}try:",
-                    f"{pad}    {ap}(_attr({f.atype | flag}, {enc}(x)))",
+                    f"{pad}    {ap}(_attr({f.atype}, {enc}(x)))",
                     f"{pad}except (ValueError, _struct_error) as exc:",
                     f"{pad}    raise ValueError({sub!r} + ': ' + str(exc)) from None",
                 ]

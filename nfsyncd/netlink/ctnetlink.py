@@ -12,13 +12,8 @@ import struct
 from typing import Any, Final
 
 from ..model import (
-    IPPROTO_DCCP,
-    IPPROTO_ICMP,
     IPPROTO_ICMPV6,
-    IPPROTO_SCTP,
     IPPROTO_TCP,
-    IPPROTO_UDP,
-    IPPROTO_UDPLITE,
     Counters,
     DccpInfo,
     EventKind,
@@ -422,10 +417,6 @@ def nfgenmsg(family: int = socket.AF_UNSPEC, res_id: int = 0, version: int = NFN
 _NFGEN_BY_ADDR_LEN: Final = {4: nfgenmsg(socket.AF_INET), 16: nfgenmsg(socket.AF_INET6)}
 
 
-def family_of(t: Tuple) -> int:
-    return socket.AF_INET if len(t.src) == 4 else socket.AF_INET6
-
-
 def decode_flow(data: bytes, start: int = 0, end: int | None = None) -> Flow:
     """A flow from a ctnetlink message payload (nfgenmsg + attributes)."""
     end = len(data) if end is None else end
@@ -522,7 +513,7 @@ def flow_update(flow: Flow) -> Request:
     """
     status = None if flow.status is None else (flow.status | _CONFIRMED) & _SETTABLE_STATUS
     ident = flow._replace(reply=None, status=status, helper=None, master=None)
-    return Request(CT_NEW, 0, nfgenmsg(family_of(flow.orig)) + FLOW.encode(ident))
+    return Request(CT_NEW, 0, nfgenmsg(flow.orig.family) + FLOW.encode(ident))
 
 
 def flow_flush(family: int = socket.AF_UNSPEC) -> Request:
@@ -538,7 +529,7 @@ def flow_flush(family: int = socket.AF_UNSPEC) -> Request:
 def flow_key(orig: Tuple, zone: int | None = None) -> bytes:
     """Attributes naming one flow (for get and delete)."""
     return (
-        nfgenmsg(family_of(orig))
+        nfgenmsg(orig.family)
         + attr(CTA_TUPLE_ORIG | 0x8000, TUPLE.encode(orig))
         + (attr(CTA_ZONE, BE16.encode(zone)) if zone is not None else b"")
     )
@@ -568,7 +559,7 @@ def flow_dump_filter(
 def expect_create(exp: Expectation) -> Request:
     if exp.timeout is None:
         raise ValueError("CTA_EXPECT_TIMEOUT: the kernel requires a timeout")
-    payload = nfgenmsg(family_of(exp.tuple)) + EXPECT.encode(exp)
+    payload = nfgenmsg(exp.tuple.family) + EXPECT.encode(exp)
     return Request(EXP_NEW, NLM_F_CREATE | NLM_F_EXCL, payload)
 
 
@@ -576,7 +567,7 @@ def expect_key(exp: Expectation) -> bytes:
     body = attr(CTA_EXPECT_TUPLE | 0x8000, TUPLE.encode(exp.tuple))
     if exp.zone is not None:
         body += attr(CTA_EXPECT_ZONE, BE16.encode(exp.zone))
-    return nfgenmsg(family_of(exp.tuple)) + body
+    return nfgenmsg(exp.tuple.family) + body
 
 
 # --- events ----------------------------------------------------------------------------
@@ -590,14 +581,9 @@ def event_kind(msg_type: int, flags: int) -> EventKind:
 
 
 def subsystem(msg: Message) -> int:
+    """Which nfnetlink subsystem a message belongs to (flows, expectations, ...)."""
     return msg.type >> 8
 
 
 def decode_stats_cpu(payload_attrs: dict[int, int], names: tuple[str, ...]) -> dict[str, int]:
     return {name: payload_attrs.get(i + 1, 0) for i, name in enumerate(names)}
-
-
-PROTOCOLS_WITH_PORTS: Final = frozenset(
-    {IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP, IPPROTO_DCCP}
-)
-ICMP_PROTOCOLS: Final = frozenset({IPPROTO_ICMP, IPPROTO_ICMPV6})

@@ -170,12 +170,12 @@ def kernel_only_attrs(flow: Flow) -> bytes:
 
 def kernel_flow_bytes(flow: Flow) -> bytes:
     """A flow message payload as the kernel would send it (nfgenmsg + attributes)."""
-    return ct.nfgenmsg(ct.family_of(flow.orig)) + ct.FLOW.encode(flow) + kernel_only_attrs(flow)
+    return ct.nfgenmsg(flow.orig.family) + ct.FLOW.encode(flow) + kernel_only_attrs(flow)
 
 
 def kernel_expect_bytes(exp: Expectation) -> bytes:
     extra = attr(ct.CTA_EXPECT_ID, be32(exp.id)) if exp.id is not None else b""
-    return ct.nfgenmsg(ct.family_of(exp.tuple)) + ct.EXPECT.encode(exp) + extra
+    return ct.nfgenmsg(exp.tuple.family) + ct.EXPECT.encode(exp) + extra
 
 
 # --- strategies ----------------------------------------------------------------------------
