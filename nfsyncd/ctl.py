@@ -1,19 +1,502 @@
-"""Entry point of ``nfsyncctl`` (placeholder). Must import neither trio nor pyroute2."""
+"""``nfsyncctl``: talk to a running nfsyncd over its control socket.
+
+It imports neither trio nor pyroute2 (together ~300 ms of start-up), because keepalived
+and scripts call it on every state change.  Besides its own subcommands it understands
+conntrackd's client flags (``-i -e -s -f -R -k``) with the same meaning and exit codes, so a
+``primary-backup.sh`` written for conntrackd keeps working when pointed at nfsyncctl.
+
+Exit status: 0 done; 1 the daemon is unreachable or reported an error; 2 a usage or
+configuration error.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import socket
 import sys
+from collections.abc import Iterator
+from typing import Any, NoReturn
 
-from nfsyncd import __version__
+from . import __version__
+
+__all__ = ["main"]
+
+DEFAULT_CONFIG = "/etc/nfsyncd/nfsyncd.toml"
+DEFAULT_SOCKET = "/run/nfsyncd/control.sock"
+JsonDict = dict[str, Any]
+
+EXIT_OK, EXIT_DAEMON, EXIT_USAGE = 0, 1, 2
+
+#: conntrackd's client flags that take an optional, prefix-matched argument
+_COMPAT_ARGS = {
+    "-i": ("ct", "expect"),
+    "-e": ("ct", "expect"),
+    "-s": (
+        "ct",
+        "network",
+        "cache",
+        "runtime",
+        "link",
+        "rsqueue",
+        "process",
+        "queue",
+        "expect",
+        "multicast",
+    ),
+    "-f": ("internal", "external"),
+    "-R": ("ct", "expect"),
+    "-k": (),
+}
+#: conntrackd flags that arrive with peer sync (the next milestone)
+_COMPAT_LATER = {
+    "-c": "commit",
+    "-F": "flush-kernel",
+    "-B": "bulk",
+    "-n": "request-resync",
+    "-t": "purge",
+}
+#: ``-s`` sections that exist only with peer sync: empty until then, as conntrackd prints
+#: nothing for a section that does not apply
+_SYNC_SECTIONS = {"network", "link", "rsqueue", "queue", "process", "expect", "multicast"}
+
+
+class CtlError(Exception):
+    def __init__(self, message: str, code: int = EXIT_DAEMON) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- the daemon connection -------------------------------------------------------------------
+class Client:
+    def __init__(self, path: str, timeout: float) -> None:
+        self.path = path
+        self.timeout = timeout
+
+    def request(self, cmd: str, **args: Any) -> Iterator[JsonDict]:
+        """Yield the reply's items, then the final ``ok`` object; raise on ``error``."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path)
+        except OSError as exc:
+            sock.close()
+            hint = (
+                "is nfsyncd running? (systemctl status nfsyncd) Does nfsyncctl use the daemon's "
+                "config (-C FILE) or socket (--socket PATH)?"
+            )
+            if isinstance(exc, PermissionError):
+                hint = "the control socket is 0600: run nfsyncctl as the daemon's user (root)"
+            raise CtlError(
+                f"cannot connect to {self.path}: {exc.strerror or exc}; {hint}"
+            ) from None
+        with sock, sock.makefile("rb") as reader:
+            sock.sendall(json.dumps({"cmd": cmd, **args}).encode() + b"\n")
+            for raw in reader:
+                msg = json.loads(raw)
+                if "item" in msg:
+                    yield msg["item"]
+                    continue
+                if not msg.get("ok"):
+                    raise CtlError(f"nfsyncd: {msg.get('error', 'request failed')}")
+                yield msg
+                return
+        raise CtlError("nfsyncd closed the connection without answering; see its log")
+
+    def call(self, cmd: str, **args: Any) -> JsonDict:
+        *_, last = self.request(cmd, **args)
+        return last
+
+
+def socket_path(args: argparse.Namespace) -> str:
+    """--socket, else the config's control_socket (-C FILE or the default file), else default."""
+    if args.socket:
+        return str(args.socket)
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path is None:
+        return DEFAULT_SOCKET
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(path).general.control_socket
+    except ConfigError as exc:
+        raise CtlError(
+            f"{exc}\n(fix the config, or give the socket with --socket PATH)", EXIT_USAGE
+        ) from None
+    except OSError as exc:
+        raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+
+
+# -- output ------------------------------------------------------------------------------------
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, sort_keys=False))
+
+
+def _fmt_status(st: JsonDict) -> str:
+    lines = [
+        f"nfsyncd {st['version']} (pid {st['pid']}), up {_duration(st['uptime'])}",
+        f"  config:          {st.get('config') or '<built-in defaults>'}",
+        f"  mode:            {st['mode']}",
+        f"  state:           {'ready' if st['ready'] else 'starting (initial dump in progress)'}",
+        f"  kernel source:   {st['source']}",
+        f"  internal cache:  {st['flows']} flows, {st['expectations']} expectations",
+        f"  overruns:        {st['overruns']}, resyncs: {st['resyncs']}",
+        f"  control socket:  {st['control_socket']}",
+        f"  metrics:         {st.get('metrics') or 'disabled'}",
+    ]
+    return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    return (f"{d}d " if d else "") + f"{h}h {m}m {s}s"
+
+
+def _fmt_cache_summary(name: str, c: JsonDict) -> str:
+    return (
+        f"cache {name}:\n"
+        f"current active connections:\t{c['active']:12}\n"
+        f"connections created:\t\t{c['created']:12}\tfailed:\t{c['create_failed']:12}\n"
+        f"connections updated:\t\t{c['updated']:12}\tfailed:\t{c['update_failed']:12}\n"
+        f"connections destroyed:\t\t{c['deleted']:12}\tfailed:\t{c['delete_failed']:12}\n\n"
+    )
+
+
+def _fmt_cache_detail(name: str, c: JsonDict) -> str:
+    return (
+        f"cache:{name}\tactive objects:\t\t{c['active']:12}\n"
+        f"\tcreation OK/failed:\t\t{c['created']:12}/{c['create_failed']:12}\n"
+        f"\t\tno space left in cache:\t{c['no_space']:12}\n"
+        f"\tupdate OK/failed:\t\t{c['updated']:12}/{c['update_failed']:12}\n"
+        f"\t\tentry not found:\t{c['update_not_found']:12}\n"
+        f"\tdeletion created/failed:\t{c['deleted']:12}/{c['delete_failed']:12}\n"
+        f"\t\tentry not found:\t{c['delete_not_found']:12}\n"
+        f"\tfiltered out:\t\t\t{c['filtered']:12}\n\n"
+    )
+
+
+def _fmt_runtime(r: JsonDict) -> str:
+    return (
+        f"daemon uptime: {_duration(r['uptime'])}\n\n"
+        "netlink stats:\n"
+        f"\tevents received:\t{r['events_received']:20}\n"
+        f"\tevents filtered:\t{r['events_filtered']:20}\n"
+        f"\tmalformed messages:\t{r['decode_errors']:20}\n"
+        f"\tnetlink overrun:\t\t{r['netlink_overrun']:12}\n"
+        f"\tresync with kernel table:\t{r['resync_with_kernel_table']:12}\n"
+        f"\tresync failures:\t\t{r['resync_failures']:12}\n"
+        f"\tcurrent buffer size (in bytes):\t{r['buffer_size']:12}\n\n"
+    )
+
+
+def _fmt_stats(stats: JsonDict, section: str | None) -> str:
+    out = ""
+    caches = stats.get("cache", {})
+    if section in (None, "ct"):
+        for name, c in caches.items():
+            out += _fmt_cache_summary(name, c)
+        return out
+    if section == "cache":
+        for name, c in caches.items():
+            out += _fmt_cache_detail(name, c)
+    if section == "runtime" and "runtime" in stats:
+        out += _fmt_runtime(stats["runtime"])
+    if section == "control" and "control" in stats:
+        c = stats["control"]
+        out += "control socket:\n"
+        out += f"\tconnections:\t{c['connections']:12}\n\terrors:\t\t{c['errors']:12}\n"
+        for name, n in sorted(c["requests"].items()):
+            out += f"\t{name + ':':<16}{n:12}\n"
+    return out
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_status(client: Client, args: argparse.Namespace) -> int:
+    st = client.call("status")
+    st.pop("ok", None)
+    _print_json(st) if args.json else print(_fmt_status(st))
+    return EXIT_OK
+
+
+def cmd_stats(client: Client, args: argparse.Namespace) -> int:
+    section = args.section
+    daemon_section = None if section in (None, "ct") or section in _SYNC_SECTIONS else section
+    stats: JsonDict = client.call("stats", section=daemon_section)["stats"]
+    if section in _SYNC_SECTIONS:
+        stats = {}  # reachable, but the section has nothing to show without peer sync
+    if args.json:
+        _print_json(stats)
+    else:
+        sys.stdout.write(_fmt_stats(stats, section))
+    return EXIT_OK
+
+
+def cmd_dump(client: Client, args: argparse.Namespace) -> int:
+    from .render import expect_line, flow_line
+
+    line = flow_line if args.what == "ct" else expect_line
+    first = True
+    if args.json:
+        sys.stdout.write("[")
+    for item in client.request("dump", cache=args.cache, what=args.what):
+        if "ok" in item and "count" in item:
+            break
+        if args.json:
+            sys.stdout.write(("\n  " if first else ",\n  ") + json.dumps(item))
+        else:
+            sys.stdout.write(line(item) + "\n")
+        first = False
+    if args.json:
+        sys.stdout.write("\n]\n" if not first else "]\n")
+    return EXIT_OK
+
+
+def cmd_flush(client: Client, args: argparse.Namespace) -> int:
+    res = client.call("flush", cache=args.cache)
+    if args.json:
+        _print_json({"flushed": res["flushed"]})
+    elif not args.compat:
+        print(f"flushed {res['flushed']} entries from the {args.cache} cache")
+    return EXIT_OK
+
+
+def cmd_resync(client: Client, args: argparse.Namespace) -> int:
+    res = client.call("resync", what=args.what)["resync"]
+    if args.json:
+        _print_json(res)
+    elif not args.compat:
+        print(
+            f"resynced with the kernel in {res['seconds']}s: {res['flows']} flows, "
+            f"{res['expects']} expectations; {res['added']} added, {res['updated']} updated, "
+            f"{res['removed']} removed"
+        )
+    return EXIT_OK
+
+
+def cmd_reload(client: Client, args: argparse.Namespace) -> int:
+    client.call("reload")
+    if not args.json:
+        print("configuration reloaded (see the daemon's log for changes that need a restart)")
+    return EXIT_OK
+
+
+def cmd_shutdown(client: Client, args: argparse.Namespace) -> int:
+    client.call("shutdown")
+    if not args.json and not args.compat:
+        print("nfsyncd is shutting down")
+    return EXIT_OK
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+
+    path = args.file or args.config or DEFAULT_CONFIG
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        if args.json:
+            _print_json({"file": path, "valid": False, "errors": [str(e) for e in exc.errors]})
+        else:
+            print(exc, file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    mode = cfg.sync.mode if cfg.sync else "no peer sync"
+    if args.json:
+        _print_json({"file": path, "valid": True, "mode": mode})
+    else:
+        print(f"{path}: configuration is valid ({mode})")
+    return EXIT_OK
+
+
+def cmd_config_import(args: argparse.Namespace) -> int:
+    from .conntrackd_conf import ConntrackdConfError, import_conntrackd_conf
+
+    try:
+        with open(args.file, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise CtlError(f"cannot read {args.file}: {exc.strerror}", EXIT_USAGE) from None
+    try:
+        result = import_conntrackd_conf(text, args.file)
+    except ConntrackdConfError as exc:
+        raise CtlError(str(exc), EXIT_USAGE) from None
+    if args.json:
+        _print_json({"toml": result.toml, "notes": result.notes})
+        return EXIT_OK
+    sys.stdout.write(result.toml)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    return EXIT_OK
+
+
+# -- argument parsing --------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nfsyncctl",
+        description="Control a running nfsyncd through its control socket.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="""\
+conntrackd-compatible flags (same meaning and exit codes as conntrackd's client):
+  -i [ct|expect]     dump the internal cache      (= dump internal ct|expect)
+  -e [ct|expect]     dump the external cache      (= dump external ct|expect)
+  -s [SECTION]       statistics (ct, cache, runtime, ...)
+  -f [internal|external]  flush the caches
+  -R [ct|expect]     resync the internal cache with the kernel table
+  -k                 stop the daemon
+Arguments are prefix-matched as conntrackd does (-s run = -s runtime).
+
+exit status: 0 done; 1 the daemon is unreachable or reported an error;
+             2 usage or configuration error.
+The socket is found through -C FILE (its general.control_socket), else
+/etc/nfsyncd/nfsyncd.toml if it exists, else /run/nfsyncd/control.sock.""",
+    )
+    p.add_argument("-C", "--config", metavar="FILE", help="the daemon's configuration file")
+    p.add_argument("--socket", metavar="PATH", help="control socket path (overrides -C)")
+    p.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="give up on an unresponsive daemon after S seconds (default 60)",
+    )
+    p.add_argument("--version", action="version", version=f"nfsyncctl {__version__}")
+    p.set_defaults(compat=False)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("status", help="daemon state, cache sizes and where it listens")
+    s.set_defaults(func=cmd_status)
+    s = sub.add_parser(
+        "stats", help="counters; SECTION: cache, runtime or control (default: summary)"
+    )
+    s.add_argument("section", nargs="?", choices=("cache", "runtime", "control"))
+    s.set_defaults(func=cmd_stats)
+    s = sub.add_parser("dump", help="list a cache's entries (one conntrackd -i style line each)")
+    s.add_argument("cache", choices=("internal", "external"))
+    s.add_argument("what", nargs="?", choices=("ct", "expect"), default="ct")
+    s.set_defaults(func=cmd_dump)
+    s = sub.add_parser("flush", help="empty the caches (not the kernel table)")
+    s.add_argument("cache", nargs="?", choices=("internal", "external", "all"), default="all")
+    s.set_defaults(func=cmd_flush)
+    s = sub.add_parser("resync", help="re-dump the kernel table into the internal cache")
+    s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
+    s.set_defaults(func=cmd_resync)
+    s = sub.add_parser("reload", help="re-read the configuration file (like SIGHUP)")
+    s.set_defaults(func=cmd_reload)
+    s = sub.add_parser("shutdown", help="stop the daemon cleanly (like SIGTERM)")
+    s.set_defaults(func=cmd_shutdown)
+    s = sub.add_parser("check-config", help="validate a configuration file without a daemon")
+    s.add_argument(
+        "file", nargs="?", metavar="FILE", help="default: the -C file or " + DEFAULT_CONFIG
+    )
+    s.set_defaults(func=cmd_check_config, local=True)
+    s = sub.add_parser("config", help="configuration tools")
+    csub = s.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    c = csub.add_parser(
+        "import",
+        help="convert a conntrackd.conf to nfsyncd TOML (stdout); notes go to stderr",
+    )
+    c.add_argument("file", metavar="CONNTRACKD_CONF")
+    c.set_defaults(func=cmd_config_import, local=True)
+    return p
+
+
+def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    parser.error(message)  # prints usage and exits 2
+
+
+def _translate_compat(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """Turn conntrackd client flags into subcommands; the last command wins, as in conntrackd."""
+    out: list[str] = []
+    command: list[str] | None = None
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word in _COMPAT_LATER:
+            _usage_error(
+                parser,
+                f"{word} ({_COMPAT_LATER[word]}) needs peer sync, which this "
+                "version does not have yet",
+            )
+        if word == "-x":
+            _usage_error(parser, "-x (XML output) is not supported; use --json")
+        if word not in _COMPAT_ARGS:
+            out.append(word)
+            i += 1
+            continue
+        choices = _COMPAT_ARGS[word]
+        arg = None
+        if choices and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+            given = argv[i + 1]
+            matches = [c for c in choices if c.startswith(given)]
+            if not matches:
+                _usage_error(parser, f"{word} {given}: expected one of {', '.join(choices)}")
+            arg = matches[0]
+            i += 1
+        i += 1
+        if word == "-s" and arg == "multicast":
+            print("nfsyncctl: -s multicast is an old alias; use -s link", file=sys.stderr)
+        command = {
+            "-i": ["dump", "internal", arg or "ct"],
+            "-e": ["dump", "external", arg or "ct"],
+            "-s": ["stats", *([arg] if arg else [])],
+            "-f": ["flush", arg or "all"],
+            "-R": ["resync", arg or "all"],
+            "-k": ["shutdown"],
+        }[word]
+    if command is None:
+        return argv
+    return [*out, "--compat-mode", *command]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="nfsyncctl", description="Control a running nfsyncd.")
-    parser.add_argument("--version", action="version", version=f"nfsyncctl {__version__}")
-    parser.parse_args(argv)
-    print("nfsyncctl: control commands are not implemented yet", file=sys.stderr)
-    return 2
+    parser = _parser()
+    raw = list(sys.argv[1:] if argv is None else argv)
+    words = _translate_compat(raw, parser)
+    compat = "--compat-mode" in words
+    if compat:
+        words.remove("--compat-mode")
+        # conntrackd's -s accepts sections nfsyncctl's stats subcommand does not list
+        if words and "stats" in words:
+            idx = words.index("stats")
+            if idx + 1 < len(words):
+                section = words[idx + 1]
+                del words[idx + 1]
+                args = parser.parse_args(words)
+                args.section = section
+                args.compat = True
+                return _run(args)
+    args = parser.parse_args(words)
+    args.compat = compat
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    try:
+        if getattr(args, "local", False):
+            return int(args.func(args))
+        client = Client(socket_path(args), args.timeout)
+        return int(args.func(client, args))
+    except CtlError as exc:
+        print(f"nfsyncctl: {exc}", file=sys.stderr)
+        return exc.code
+    except TimeoutError:
+        print(
+            f"nfsyncctl: no answer within {args.timeout:g}s; the daemon may be stuck "
+            "(check its log, or raise --timeout)",
+            file=sys.stderr,
+        )
+        return EXIT_DAEMON
+    except BrokenPipeError:
+        return EXIT_OK  # stdout closed early (| head): not an error
 
 
 if __name__ == "__main__":

@@ -1,21 +1,482 @@
-"""Entry point of the ``nfsyncd`` daemon (placeholder until the sync daemon lands)."""
+"""``nfsyncd``: the daemon process.
+
+Everything runs as tasks of one trio nursery: the kernel mirror (events, resyncs,
+polling), the control socket, the HTTP health/metrics listener, signal handling and the
+systemd watchdog.  Shutdown is ordered: stop taking requests, let in-flight ones finish
+(bounded), cancel the rest, remove what the daemon created.  ``SIGHUP`` reloads the
+configuration: live settings take effect at once, the others are named in the log as
+needing a restart, and a config that fails validation leaves the running one untouched.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
+import logging
+import os
+import signal
 import sys
+import time
+from typing import Any
 
-from nfsyncd import __version__
+import trio
+
+from . import __version__
+from .cache import InternalCache
+from .config import Config, ConfigError, default_config, load_config
+from .control import ControlError, ControlServer, Send
+from .filter import Filter
+from .http import Response, serve_http
+from .logs import setup_logging
+from .metrics import Metric, render
+from .mirror import KernelMirror
+from .model import EventKind
+from .render import expect_json, flow_json
+from .sdnotify import Notifier
+
+__all__ = ["DEFAULT_CONFIG", "Daemon", "main"]
+
+log = logging.getLogger("nfsyncd")
+
+DEFAULT_CONFIG = "/etc/nfsyncd/nfsyncd.toml"
+SHUTDOWN_GRACE = 5.0
+JsonDict = dict[str, Any]
+
+
+def build_filter(config: Config) -> Filter:
+    return Filter.from_config(config.filter, config.expectations)
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None, notifier: Notifier) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.notifier = notifier
+        self.started = time.time()
+        self.cache = InternalCache(
+            build_filter(config),
+            limit=config.general.cache_limit,
+            expectations=config.expectations.sync,
+        )
+        self.mirror = KernelMirror(config, self.cache)
+        self.control = ControlServer(
+            config.general.control_socket, self.handle, grace=SHUTDOWN_GRACE
+        )
+        self.http_address: tuple[str, int] | None = None
+        self.reloads = 0
+        self.reload_failures = 0
+        self._shutdown = trio.Event()
+        self._control_done = trio.Event()
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def run(self) -> int:
+        sock = self.control.bind()
+        try:
+            with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    nursery.start_soon(self._signals, sigs)
+                    await nursery.start(self._serve_control, sock)
+                    if self.config.metrics.listen:
+                        self.http_address = await nursery.start(
+                            serve_http, self.config.metrics.listen, self._routes()
+                        )
+                        log.info("health and metrics on http://%s:%d/", *self.http_address)
+                    await nursery.start(self.mirror.run)
+                    nursery.start_soon(self._keepalive)
+                    log.info(
+                        "ready: mirroring %d flows, %d expectations; control socket %s",
+                        self.cache.flow_count(),
+                        self.cache.expect_count(),
+                        self.control.path,
+                    )
+                    self.notifier.ready(self._status_text())
+                    await self._shutdown.wait()
+                    await self._stop(nursery)
+        finally:
+            self.control.remove_socket()
+            self.notifier.close()
+        log.info("stopped")
+        return 0
+
+    async def _serve_control(
+        self, sock: trio.socket.SocketType, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        try:
+            await self.control.serve(sock, task_status=task_status)
+        finally:
+            self._control_done.set()
+
+    async def _stop(self, nursery: trio.Nursery) -> None:
+        log.info("shutting down")
+        self.notifier.stopping()
+        self.control.stop_accepting()
+        with trio.move_on_after(SHUTDOWN_GRACE + 1):
+            await self._control_done.wait()
+        nursery.cancel_scope.cancel()
+
+    def request_shutdown(self) -> None:
+        self._shutdown.set()
+
+    async def _signals(self, sigs: Any) -> None:
+        async for signum in sigs:
+            if signum == signal.SIGHUP:
+                self.reload()
+            elif self._shutdown.is_set() and self._nursery is not None:
+                log.warning("second %s: stopping at once", signal.Signals(signum).name)
+                self._nursery.cancel_scope.cancel()
+            else:
+                log.info("%s received", signal.Signals(signum).name)
+                self.request_shutdown()
+
+    async def _keepalive(self) -> None:
+        """Watchdog pings and the status line; both stop if the event loop stops."""
+        interval = self.notifier.watchdog_interval
+        tick = min(interval, 10.0) if interval else 10.0
+        while True:
+            await trio.sleep(tick)
+            if interval:
+                self.notifier.watchdog()
+            if self.notifier.enabled:
+                self.notifier.status(self._status_text())
+
+    def _status_text(self) -> str:
+        return (
+            f"mirroring {self.cache.flow_count()} flows, {self.cache.expect_count()} "
+            f"expectations; {self.mirror.stats.overruns} overruns, "
+            f"{self.mirror.stats.resyncs} resyncs"
+        )
+
+    # -- reload ------------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read the config file; apply what can change live, keep the rest."""
+        self.notifier.reloading()
+        path = self.config_path
+        try:
+            new = load_config(path) if path else default_config()
+        except (ConfigError, OSError) as exc:
+            self.reload_failures += 1
+            log.error("reload failed, keeping the running configuration:\n%s", exc)
+            self.notifier.ready(self._status_text())
+            return False
+        old = self.config
+        changed = old.changed(new)
+        restart = old.restart_needed(new)
+        live = dataclasses.replace(
+            old,
+            general=dataclasses.replace(
+                old.general,
+                log_level=new.general.log_level,
+                log_format=new.general.log_format,
+                overrun_resync_delay=new.general.overrun_resync_delay,
+                cache_limit=new.general.cache_limit,
+                event_batch_limit=new.general.event_batch_limit,
+            ),
+            filter=new.filter,
+            expectations=dataclasses.replace(old.expectations, helpers=new.expectations.helpers),
+            nftables=new.nftables,
+        )
+        self.config = live
+        setup_logging(live.general.log_level, live.general.log_format)
+        self.cache.set_filter(build_filter(live))
+        self.cache.limit = live.general.cache_limit
+        self.mirror.apply_config(live)
+        if old.filter != live.filter or old.expectations != live.expectations:
+            self.mirror.schedule_resync(0)  # entries the new filter rejects (or admits)
+        self.reloads += 1
+        applied = [k for k in changed if k not in restart]
+        log.info(
+            "configuration reloaded from %s; applied: %s",
+            path or "<defaults>",
+            ", ".join(applied) or "nothing changed",
+        )
+        if restart:
+            log.warning(
+                "these changes need a restart to take effect (still running with the old "
+                "values): %s",
+                ", ".join(restart),
+            )
+        self.notifier.ready(self._status_text())
+        return True
+
+    # -- control requests --------------------------------------------------------------------
+    async def handle(self, req: JsonDict, send: Send) -> JsonDict:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return self.status()
+        if cmd == "stats":
+            return {"stats": self.stats(req.get("section"))}
+        if cmd == "dump":
+            return await self._dump(req, send)
+        if cmd == "flush":
+            return self._flush(req.get("cache", "all"))
+        if cmd == "resync":
+            result = await self.mirror.resync()
+            return {"resync": result.as_dict()}
+        if cmd == "reload":
+            if not self.reload():
+                raise ControlError("the new configuration is invalid; see the daemon's log")
+            return {}
+        if cmd == "shutdown":
+            self.request_shutdown()
+            return {}
+        raise ControlError(
+            f"unknown command {cmd!r}; known: status, stats, dump, flush, resync, reload, shutdown"
+        )
+
+    def status(self) -> JsonDict:
+        st = self.mirror.stats
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "uptime": round(time.time() - self.started, 1),
+            "config": self.config_path,
+            "mode": self.config.sync.mode if self.config.sync else "mirror",
+            "ready": self.mirror.ready.is_set(),
+            "source": "polling" if self.mirror.polling else "events",
+            "flows": self.cache.flow_count(),
+            "expectations": self.cache.expect_count(),
+            "overruns": st.overruns,
+            "resyncs": st.resyncs,
+            "last_resync": st.last_resync,
+            "control_socket": self.control.path,
+            "metrics": f"http://{self.http_address[0]}:{self.http_address[1]}/"
+            if self.http_address
+            else None,
+            "reloads": self.reloads,
+            "reload_failures": self.reload_failures,
+        }
+
+    def stats(self, section: str | None) -> JsonDict:
+        st = self.mirror.stats
+        stream = self.mirror.stream
+        sections: JsonDict = {
+            "cache": {"internal": self.cache.stats_dict()},
+            "runtime": {
+                "uptime": round(time.time() - self.started, 1),
+                "events_received": st.events,
+                "events_filtered": self.cache.stats_dict().get("filtered", 0),
+                "decode_errors": stream.decode_errors.count if stream else 0,
+                "last_decode_error": stream.decode_errors.last if stream else None,
+                "netlink_overrun": st.overruns,
+                "resync_with_kernel_table": st.resyncs,
+                "resync_failures": st.resync_failures,
+                "last_resync_seconds": round(st.last_resync_seconds, 3),
+                "polls": st.polls,
+                "buffer_size": st.buffer_size,
+            },
+            "control": {
+                "connections": self.control.stats.connections,
+                "requests": dict(self.control.stats.requests),
+                "errors": self.control.stats.errors,
+            },
+        }
+        if section in (None, "", "all", "general"):
+            return sections
+        if section not in sections:
+            raise ControlError(
+                f"no stats section {section!r}; sections: {', '.join(sorted(sections))}"
+            )
+        return {section: sections[section]}
+
+    async def _dump(self, req: JsonDict, send: Send) -> JsonDict:
+        which = req.get("cache", "internal")
+        what = req.get("what", "ct")
+        if which == "external":
+            raise ControlError(
+                "there is no external cache: peer sync is not configured (add a [sync] table)"
+            )
+        if which != "internal":
+            raise ControlError(f"dump: cache must be internal or external, got {which!r}")
+        count = 0
+        if what == "ct":
+            for flow, since in self.cache.flows():
+                await send(flow_json(flow, since))
+                count += 1
+        elif what == "expect":
+            for exp, since in self.cache.expects():
+                await send(expect_json(exp, since))
+                count += 1
+        else:
+            raise ControlError(f"dump: what must be ct or expect, got {what!r}")
+        return {"count": count}
+
+    def _flush(self, which: str) -> JsonDict:
+        if which not in ("all", "internal", "external"):
+            raise ControlError(f"flush: cache must be internal, external or all, got {which!r}")
+        flushed = 0
+        if which in ("all", "internal"):
+            flushed = self.cache.flow_count() + self.cache.expect_count()
+            self.cache.flush()
+        return {"flushed": flushed}
+
+    # -- HTTP ------------------------------------------------------------------------------
+    def _routes(self) -> dict[str, Any]:
+        def healthz() -> Response:
+            return 200, "text/plain", b"ok\n"
+
+        def readyz() -> Response:
+            if self.mirror.ready.is_set():
+                return 200, "text/plain", b"ready\n"
+            return 503, "text/plain", b"not ready: initial kernel dump in progress\n"
+
+        def metrics() -> Response:
+            return 200, "text/plain; version=0.0.4", render(self.metrics()).encode()
+
+        return {"/healthz": healthz, "/readyz": readyz, "/metrics": metrics}
+
+    def metrics(self) -> list[Metric]:
+        st = self.mirror.stream.stats if self.mirror.stream else None
+        ev = Metric("nfsyncd_kernel_events_total", "counter", "Kernel conntrack events received.")
+        if st is not None:
+            for kind in EventKind:
+                ev.add(st.flows[kind], kind=kind.name.lower(), object="flow")
+                ev.add(st.expects[kind], kind=kind.name.lower(), object="expectation")
+        cstats = self.cache.stats_dict()
+        ms = self.mirror.stats
+        stream = self.mirror.stream
+        return [
+            ev,
+            Metric("nfsyncd_events_filtered_total", "counter", "Events the filter ignored.").add(
+                cstats.get("filtered", 0)
+            ),
+            Metric("nfsyncd_netlink_overruns_total", "counter", "Event socket overruns.").add(
+                ms.overruns
+            ),
+            Metric("nfsyncd_resyncs_total", "counter", "Resyncs with the kernel table.").add(
+                ms.resyncs
+            ),
+            Metric("nfsyncd_resync_failures_total", "counter", "Failed resyncs.").add(
+                ms.resync_failures
+            ),
+            Metric("nfsyncd_decode_errors_total", "counter", "Malformed kernel messages.").add(
+                stream.decode_errors.count if stream else 0
+            ),
+            Metric("nfsyncd_cache_entries", "gauge", "Entries in a cache.")
+            .add(self.cache.flow_count(), cache="internal", object="flow")
+            .add(self.cache.expect_count(), cache="internal", object="expectation"),
+            Metric("nfsyncd_netlink_buffer_bytes", "gauge", "Event socket buffer size.").add(
+                ms.buffer_size
+            ),
+            Metric("nfsyncd_control_requests_total", "counter", "Control socket requests.").add(
+                sum(self.control.stats.requests.values())
+            ),
+            Metric("nfsyncd_control_errors_total", "counter", "Refused control requests.").add(
+                self.control.stats.errors
+            ),
+            Metric("nfsyncd_config_reloads_total", "counter", "Configuration reloads.")
+            .add(self.reloads, result="ok")
+            .add(self.reload_failures, result="failed"),
+            Metric("nfsyncd_ready", "gauge", "1 once the initial dump is done.").add(
+                int(self.mirror.ready.is_set())
+            ),
+            Metric("nfsyncd_uptime_seconds", "gauge", "Seconds since start.").add(
+                round(time.time() - self.started, 1)
+            ),
+        ]
+
+
+# -- command line -------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="nfsyncd",
+        description=(
+            "Conntrack table synchronisation daemon. Mirrors the kernel's connection-tracking "
+            "table (flows and expectations) in memory and serves it to nfsyncctl; with a "
+            "[sync] table in the config it also replicates it to a peer gateway."
+        ),
+        epilog=(
+            "Runs in the foreground and logs to stderr (use systemd or a container runtime to "
+            "supervise it). Needs CAP_NET_ADMIN. Signals: SIGTERM/SIGINT stop cleanly, SIGHUP "
+            "reloads the config. Exit status: 0 clean stop, 1 runtime failure, 2 config or "
+            "usage error. Control it with nfsyncctl; example config: config/nfsyncd.toml."
+        ),
+    )
+    p.add_argument(
+        "-C",
+        "--config",
+        metavar="FILE",
+        help=f"configuration file (default {DEFAULT_CONFIG}; built-in defaults if it is absent)",
+    )
+    p.add_argument(
+        "--check-config",
+        nargs="?",
+        const="",
+        metavar="FILE",
+        help="validate the configuration (FILE, or the -C file) and exit: 0 valid, 2 invalid",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=("debug", "info", "warning", "error"),
+        help="override general.log_level",
+    )
+    p.add_argument("--version", action="version", version=f"nfsyncd {__version__}")
+    return p
+
+
+def _load(path: str | None, explicit: bool) -> tuple[Config, str | None]:
+    if path is None:
+        path = DEFAULT_CONFIG
+    if not explicit and not os.path.exists(path):
+        return default_config(), None
+    return load_config(path), path
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="nfsyncd", description="Conntrack table synchronisation daemon."
-    )
-    parser.add_argument("--version", action="version", version=f"nfsyncd {__version__}")
-    parser.parse_args(argv)
-    print("nfsyncd: the sync daemon is not implemented yet", file=sys.stderr)
-    return 2
+    args = _parser().parse_args(argv)
+    if args.check_config is not None:
+        path = args.check_config or args.config or DEFAULT_CONFIG
+        try:
+            cfg = load_config(path)
+        except ConfigError as exc:
+            print(exc, file=sys.stderr)
+            return 2
+        except OSError as exc:
+            print(f"nfsyncd: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return 2
+        mode = cfg.sync.mode if cfg.sync else "no peer sync (mirror only)"
+        print(f"{path}: configuration is valid ({mode})")
+        return 0
+    try:
+        config, path = _load(args.config, args.config is not None)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"nfsyncd: cannot read {args.config}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.log_level:
+        config = dataclasses.replace(
+            config, general=dataclasses.replace(config.general, log_level=args.log_level)
+        )
+    setup_logging(config.general.log_level, config.general.log_format)
+    if path is None:
+        log.info("no config file at %s: running with built-in defaults", DEFAULT_CONFIG)
+    daemon = Daemon(config, path, Notifier())
+    try:
+        return trio.run(daemon.run)
+    except (OSError, BaseExceptionGroup) as exc:
+        failure = _first_os_error(exc)
+        if failure is None:
+            raise
+        log.error("%s", failure)
+        if failure.errno == errno.EPERM:
+            log.error("nfsyncd needs CAP_NET_ADMIN (run it as root or grant the capability)")
+        return 1
+
+
+def _first_os_error(exc: BaseException) -> OSError | None:
+    """The OSError that stopped the daemon, looking inside trio's exception groups."""
+    if isinstance(exc, OSError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_os_error(inner)
+            if found is not None:
+                return found
+    return None
 
 
 if __name__ == "__main__":

@@ -115,6 +115,12 @@ class Conntrack:
         msgs = await self._nl.dump(Request(ct.CT_GET, 0, body), "dump conntrack table")
         return self._decode_all(msgs, ct.decode_flow)
 
+    async def dump_chunks(self, family: int = socket.AF_UNSPEC) -> AsyncIterator[list[Flow]]:
+        """The whole table, in pieces as the kernel sends them (bounded memory for 1M flows)."""
+        req = Request(ct.CT_GET, 0, ct.flow_dump_filter(family))
+        async for msgs in self._nl.dump_chunks(req, "dump conntrack table"):
+            yield self._decode_all(msgs, ct.decode_flow)
+
     async def get(self, orig: Tuple, zone: int | None = None) -> Flow | None:
         """The flow with this original tuple, or ``None`` when the kernel has none."""
         try:
@@ -279,6 +285,9 @@ class EventStream:
 
     def set_rcvbuf(self, size: int) -> None:
         self._nl.set_rcvbuf(size)
+
+    def set_reliable(self, on: bool) -> None:
+        self._nl.set_reliable(on)
 
     def close(self) -> None:
         self._nl.close()

@@ -6,18 +6,24 @@ layer, makes real ICMP, TCP and UDP traffic from the client, prints every event 
 decoded, then flushes the gateway's table through nfsyncd (its own write, recognised by
 the event's origin port) and removes everything it created.
 
-The two-gateway failover demo replaces this once sync lands; the kernel layer it shows is
-the one the daemon runs on.
+Alongside, the real ``nfsyncd`` daemon runs in the gateway namespace; after the traffic
+the demo shows its internal cache through ``nfsyncctl`` (the same lines conntrackd's ``-i``
+prints), and after the flush shows it empty again, then stops it with SIGTERM.
+
+The two-gateway failover demo replaces this once sync lands.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from pathlib import Path
 
 import trio
 
@@ -93,7 +99,34 @@ async def _wait_port(ns: Netns, port: int, deadline: float) -> None:
         await trio.sleep(0.05)  # polling a condition with a deadline
 
 
+def _ctl(sock: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "nfsyncd.ctl", "--socket", str(sock), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def _ctl_status(sock: Path) -> dict[str, object]:
+    res = _ctl(sock, "--json", "status")
+    return json.loads(res.stdout) if res.returncode == 0 else {}
+
+
+async def _until(pred: object, timeout: float) -> bool:
+    with trio.move_on_after(timeout):
+        while not pred():  # type: ignore[operator]
+            await trio.sleep(0.05)
+        return True
+    return False
+
+
 async def run(verbose: bool) -> int:
+    with tempfile.TemporaryDirectory(prefix="nfsyncd-demo-") as tmp:
+        return await _run(verbose, Path(tmp))
+
+
+async def _run(verbose: bool, tmp: Path) -> int:
     start = time.monotonic()
     counts: Counter[EventKind] = Counter()
     flows_seen: set[tuple[object, ...]] = set()
@@ -104,6 +137,24 @@ async def run(verbose: bool) -> int:
         # The kernel tracks connections in a namespace only once a rule needs conntrack.
         gw.nft(_GATEWAY_RULES)
         print("    gateway ruleset: a stateful input chain (ct state), so conntrack is on")
+        sock = tmp / "run" / "control.sock"
+        config = tmp / "nfsyncd.toml"
+        config.write_text(f'[general]\ncontrol_socket = "{sock}"\n[metrics]\nlisten = ""\n')
+        log = (tmp / "nfsyncd.log").open("wb")
+        daemon = gw.popen(
+            sys.executable,
+            "-m",
+            "nfsyncd.daemon",
+            "-C",
+            str(config),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        if not await _until(lambda: _ctl_status(sock).get("ready"), 20):
+            print("!! nfsyncd did not become ready; its log:")
+            print((tmp / "nfsyncd.log").read_text())
+            return 1
+        print(f"==> nfsyncd is running in the gateway (pid {daemon.pid}), control socket {sock}")
         with gw.entered():  # sockets stay in the namespace they were created in
             events = EventStream()
             conntrack = Conntrack()
@@ -155,6 +206,10 @@ async def run(verbose: bool) -> int:
                     ["ip", "netns", "exec", client.name, sys.executable, "-c", _CLIENT]
                 )
                 before = len(await conntrack.dump())
+                await _until(lambda: _ctl_status(sock).get("flows") == before, 5)
+                print("--- the daemon's internal cache (nfsyncctl -i, as conntrackd -i prints):")
+                for line in _ctl(sock, "-i").stdout.splitlines():
+                    print(f"    {line}")
                 print(
                     f"--- the gateway's table now holds {before} flows; flushing it through nfsyncd"
                 )
@@ -165,11 +220,24 @@ async def run(verbose: bool) -> int:
                         await trio.sleep(0.05)
                 nursery.cancel_scope.cancel()
             server.terminate()
+        emptied = await _until(lambda: _ctl_status(sock).get("flows") == 0, 5)
+        print(
+            "==> the daemon saw the flush: its cache is "
+            + ("empty" if emptied else f"still holding {_ctl_status(sock).get('flows')} flows")
+        )
+        daemon.terminate()
+        code = daemon.wait(15)
+        log.close()
+        print(
+            f"==> nfsyncd stopped on SIGTERM (exit status {code}); socket removed: "
+            f"{not sock.exists()}"
+        )
     print("\n==> summary")
     print(f"    events decoded: {dict((k.name, v) for k, v in sorted(counts.items()))}")
     print(f"    distinct flows seen: {len(flows_seen)}")
     print("    namespaces and processes removed")
-    return 0 if counts[EventKind.NEW] and counts[EventKind.DESTROY] else 1
+    ok = counts[EventKind.NEW] and counts[EventKind.DESTROY] and emptied and code == 0
+    return 0 if ok else 1
 
 
 def _pending(counts: Counter[EventKind]) -> bool:

@@ -21,7 +21,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Final, NamedTuple
 
 import trio
@@ -248,6 +248,16 @@ class NetlinkSocket:
     def set_rcvbuf(self, size: int) -> None:
         self._set_buffer(self._sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, size)
 
+    def set_reliable(self, on: bool) -> None:
+        """Ask the kernel not to lose events silently on our behalf.
+
+        With ``NETLINK_BROADCAST_ERROR`` a conntrack change whose event cannot be delivered
+        is held back and redelivered by the kernel; ``NETLINK_NO_ENOBUFS`` stops the socket
+        from reporting overruns, which can then no longer happen.
+        """
+        for opt in (NETLINK_BROADCAST_ERROR, NETLINK_NO_ENOBUFS):
+            self._sock.setsockopt(SOL_NETLINK, opt, int(on))
+
     def fileno(self) -> int:
         return self._sock.fileno()
 
@@ -321,16 +331,27 @@ class NetlinkSocket:
 
         Raises :class:`NetlinkError` when the kernel answers with an error.
         """
+        replies: list[Message] = []
+        async for chunk in self.request_chunks(req, what):
+            replies += chunk
+        return replies
+
+    async def request_chunks(self, req: Request, what: str = "") -> AsyncIterator[list[Message]]:
+        """Like :meth:`request`, yielding replies as they arrive, one received batch at a time.
+
+        A dump of a million flows then never sits in memory whole: the caller digests each
+        chunk before the next is read.
+        """
         seq = self.next_seq()
         flags = req.flags | NLM_F_ACK
         self._send(self.encode(Request(req.type, flags, req.payload), seq))
-        replies: list[Message] = []
         dump = (req.flags & NLM_F_DUMP) == NLM_F_DUMP
         while True:
             batch = await self.recv_batch()
             if batch is OVERRUN:
                 raise NetlinkError(errno.ENOBUFS, what or "request", "reply overran the buffer")
             assert not isinstance(batch, Overrun)
+            replies: list[Message] = []
             for msg in batch:
                 if msg.seq != seq:
                     continue  # a late reply to an earlier, abandoned request
@@ -339,19 +360,30 @@ class NetlinkSocket:
                     if err:
                         raise NetlinkError(err, what, ext)
                     if not dump:
-                        return replies
+                        yield replies
+                        return
                 elif msg.type == NLMSG_DONE:
                     # A dump that failed part-way says so in DONE's payload (an errno).
                     if msg.end - msg.offset >= 4:
                         err = -_ERRNO.unpack_from(msg.data, msg.offset)[0]
                         if err > 0:
                             raise NetlinkError(err, what, "dump ended early")
-                    return replies
+                    yield replies
+                    return
                 elif msg.type != NLMSG_NOOP:
                     replies.append(msg)
+            if replies:
+                yield replies
 
     async def dump(self, req: Request, what: str = "dump") -> list[Message]:
-        return await self.request(Request(req.type, req.flags | NLM_F_DUMP, req.payload), what)
+        return await self.request(self._as_dump(req), what)
+
+    def dump_chunks(self, req: Request, what: str = "dump") -> AsyncIterator[list[Message]]:
+        return self.request_chunks(self._as_dump(req), what)
+
+    @staticmethod
+    def _as_dump(req: Request) -> Request:
+        return Request(req.type, req.flags | NLM_F_DUMP, req.payload)
 
     async def batch(
         self, reqs: Sequence[Request], *, max_bytes: int = MAX_BATCH_BYTES

@@ -1,0 +1,218 @@
+"""Keeps the internal cache equal to the local kernel table, and says so when it cannot.
+
+Sources, in the order they are wired: the event socket is subscribed *before* the initial
+dump, so nothing that happens during the dump is missed; the dump is reconciled into the
+cache while event handling is paused (the events queue up in the socket buffer and are
+applied afterwards, in order, so a flow destroyed during the dump does not come back as a
+ghost).  An overrun (the kernel dropped events for us) doubles the socket buffer up to its
+configured ceiling and schedules a resync; polling mode replaces events with periodic dumps
+for kernels that have none.
+
+Every change that must reach a peer goes to ``sink`` (the sync layer plugs in there).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from .cache import Change, InternalCache
+from .config import Config
+from .kernel import ALL_EVENT_GROUPS, FLOW_EVENT_GROUPS, Conntrack, EventStream, Overrun
+from .model import EventKind, Expectation, Flow
+
+__all__ = ["KernelMirror", "MirrorStats", "ResyncResult"]
+
+log = logging.getLogger("nfsyncd.mirror")
+
+Sink = Callable[[list[Change]], None]
+
+
+@dataclass(slots=True)
+class MirrorStats:
+    events: int = 0
+    overruns: int = 0
+    resyncs: int = 0
+    resync_failures: int = 0
+    last_resync: float | None = None  # time.time() of the last completed resync
+    last_resync_seconds: float = 0.0
+    buffer_size: int = 0
+    polls: int = 0
+
+
+@dataclass(slots=True, frozen=True)
+class ResyncResult:
+    flows: int
+    expects: int
+    added: int
+    updated: int
+    removed: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, float]:
+        return {
+            "flows": self.flows,
+            "expects": self.expects,
+            "added": self.added,
+            "updated": self.updated,
+            "removed": self.removed,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class KernelMirror:
+    def __init__(self, config: Config, cache: InternalCache, sink: Sink | None = None) -> None:
+        self.config = config
+        self.cache = cache
+        self.sink = sink
+        self.stats = MirrorStats()
+        self.ready = trio.Event()
+        self.conntrack: Conntrack | None = None
+        self.stream: EventStream | None = None
+        self._lock = trio.Lock()  # held by a resync: event batches wait for it
+        self._resync_due: float | None = None
+        self._wake = trio.Event()
+
+    @property
+    def polling(self) -> bool:
+        return self.config.general.poll_interval is not None
+
+    @property
+    def expectations(self) -> bool:
+        return self.config.expectations.sync
+
+    def apply_config(self, config: Config) -> None:
+        """Take the live-changeable settings of a reloaded config."""
+        self.config = config
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        general = self.config.general
+        with Conntrack() as conntrack:
+            self.conntrack = conntrack
+            if self.polling:
+                await self.resync()
+                self.ready.set()
+                task_status.started()
+                await self._poll_forever()
+                return
+            groups = ALL_EVENT_GROUPS if self.expectations else FLOW_EVENT_GROUPS
+            with EventStream(groups, rcvbuf=general.netlink_buffer_size // 2) as stream:
+                self.stream = stream
+                if general.reliable_events:
+                    stream.set_reliable(True)
+                self.stats.buffer_size = stream.rcvbuf
+                await self.resync()  # events already queue in the socket meanwhile
+                self.ready.set()
+                task_status.started()
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._resync_timer)
+                    await self._events(stream)
+
+    async def _events(self, stream: EventStream) -> None:
+        while True:
+            batch = await stream.next_batch()
+            async with self._lock:
+                if isinstance(batch, Overrun):
+                    self._overrun(stream)
+                    continue
+                self.stats.events += len(batch)
+                changes = self.cache.apply_events(batch)
+            if changes and self.sink is not None:
+                self.sink(changes)
+
+    def _overrun(self, stream: EventStream) -> None:
+        general = self.config.general
+        self.stats.overruns += 1
+        current = stream.rcvbuf  # the kernel reports (and uses) twice what was set
+        if current < general.netlink_buffer_max:
+            stream.set_rcvbuf(min(2 * current, general.netlink_buffer_max) // 2)
+            self.stats.buffer_size = stream.rcvbuf
+        delay = general.overrun_resync_delay
+        log.warning(
+            "netlink event overrun: the kernel dropped events; buffer now %d bytes; %s",
+            self.stats.buffer_size,
+            "resync disabled (general.overrun_resync_delay = false): the cache may be stale"
+            if delay is None
+            else f"resync in {delay:g}s",
+        )
+        if delay is not None:
+            self.schedule_resync(delay)
+
+    def schedule_resync(self, delay: float) -> None:
+        due = trio.current_time() + delay
+        if self._resync_due is None or due < self._resync_due:
+            self._resync_due = due
+            self._wake.set()
+
+    async def _resync_timer(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            while self._resync_due is not None:
+                with trio.move_on_at(self._resync_due):
+                    await self._wake.wait()  # an earlier deadline may arrive meanwhile
+                    self._wake = trio.Event()
+                    continue
+                self._resync_due = None
+                await self._resync_logged("overrun")
+
+    async def _poll_forever(self) -> None:
+        while True:
+            interval = self.config.general.poll_interval or 1.0
+            await trio.sleep(interval)
+            self.stats.polls += 1
+            await self._resync_logged("poll")
+
+    async def _resync_logged(self, why: str) -> None:
+        try:
+            result = await self.resync()
+        except OSError as exc:
+            log.error("resync after %s failed: %s; retrying in 1s", why, exc)
+            self.schedule_resync(1.0)
+            return
+        level = logging.DEBUG if why == "poll" else logging.INFO
+        log.log(level, "resync (%s): %s", why, result.as_dict())
+
+    async def resync(self) -> ResyncResult:
+        """Dump the kernel and make the cache equal to it (adds, updates, removals)."""
+        assert self.conntrack is not None, "resync before run()"
+        start = time.monotonic()
+        async with self._lock:
+            try:
+                flows: list[Flow] = []
+                async for chunk in self.conntrack.dump_chunks():
+                    flows += chunk
+                exps: list[Expectation] = []
+                if self.expectations:
+                    exps = await self.conntrack.dump_expect()
+            except OSError:
+                self.stats.resync_failures += 1
+                raise
+            changes = self.cache.reconcile_flows(flows)
+            if self.expectations:
+                changes += self.cache.reconcile_expects(exps)
+        seconds = time.monotonic() - start
+        self.stats.resyncs += 1
+        self.stats.last_resync = time.time()
+        self.stats.last_resync_seconds = seconds
+        if changes and self.sink is not None:
+            self.sink(changes)
+        return _summarise(changes, len(flows), len(exps), seconds)
+
+
+def _summarise(changes: list[Change], flows: int, exps: int, seconds: float) -> ResyncResult:
+    counts = dict.fromkeys(EventKind, 0)
+    for change in changes:
+        counts[change.kind] += 1
+    return ResyncResult(
+        flows,
+        exps,
+        counts[EventKind.NEW],
+        counts[EventKind.UPDATE],
+        counts[EventKind.DESTROY],
+        seconds,
+    )

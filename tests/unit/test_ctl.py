@@ -1,0 +1,247 @@
+"""nfsyncctl against a scripted daemon (no root): argument handling, conntrackd's flags,
+output formats and exit codes."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from nfsyncd import ctl
+from nfsyncd.model import IPPROTO_TCP, Flow, Status, TcpInfo, Tuple
+from nfsyncd.render import expect_line, flow_json, flow_line
+
+FLOW = Flow(
+    Tuple(bytes([198, 18, 0, 2]), bytes([198, 18, 0, 1]), IPPROTO_TCP, 40000, 22),
+    Tuple(bytes([198, 18, 0, 1]), bytes([198, 18, 0, 2]), IPPROTO_TCP, 22, 40000),
+    status=int(Status.SEEN_REPLY | Status.ASSURED | Status.CONFIRMED),
+    timeout=431999,
+    mark=7,
+    zone=3,
+    protoinfo=TcpInfo(state=3),
+    helper="ftp",
+)
+
+STATUS = {
+    "version": "0.1.0",
+    "pid": 42,
+    "uptime": 3725.0,
+    "config": "/etc/nfsyncd/nfsyncd.toml",
+    "mode": "mirror",
+    "ready": True,
+    "source": "events",
+    "flows": 1,
+    "expectations": 0,
+    "overruns": 0,
+    "resyncs": 1,
+    "last_resync": None,
+    "control_socket": "/x.sock",
+    "metrics": None,
+    "reloads": 0,
+    "reload_failures": 0,
+}
+CACHE = {
+    "active": 1,
+    "created": 5,
+    "create_failed": 0,
+    "no_space": 0,
+    "updated": 9,
+    "update_failed": 0,
+    "update_not_found": 0,
+    "deleted": 4,
+    "delete_failed": 1,
+    "delete_not_found": 1,
+    "filtered": 2,
+}
+
+
+class FakeDaemon:
+    """Answers control requests from a script; remembers what it was asked."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.requests: list[dict[str, Any]] = []
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(str(path))
+        self.sock.listen(5)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _reply(self, req: dict[str, Any]) -> list[dict[str, Any]]:
+        cmd = req["cmd"]
+        if cmd == "status":
+            return [{"ok": True, **STATUS}]
+        if cmd == "stats":
+            return [{"ok": True, "stats": {"cache": {"internal": CACHE}}}]
+        if cmd == "dump" and req.get("what") == "ct":
+            return [{"item": flow_json(FLOW, 12.5)}, {"ok": True, "count": 1}]
+        if cmd == "flush":
+            return [{"ok": False, "error": "flush refused for the test"}]
+        if cmd == "resync":
+            r = {"flows": 1, "expects": 0, "added": 0, "updated": 0, "removed": 0, "seconds": 0.1}
+            return [{"ok": True, "resync": r}]
+        return [{"ok": True, "count": 0}]
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn, conn.makefile("rb") as reader:
+                for line in reader:
+                    req = json.loads(line)
+                    self.requests.append(req)
+                    for msg in self._reply(req):
+                        conn.sendall(json.dumps(msg).encode() + b"\n")
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def fake(tmp_path: Path) -> Iterator[FakeDaemon]:
+    daemon = FakeDaemon(tmp_path / "ctl.sock")
+    try:
+        yield daemon
+    finally:
+        daemon.close()
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    code = ctl.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_status_human_and_json(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--socket", str(fake.path), "status")
+    assert code == 0
+    assert "nfsyncd 0.1.0 (pid 42), up 1h 2m 5s" in out
+    assert "internal cache:  1 flows, 0 expectations" in out
+    code, out, _ = run(capsys, "--socket", str(fake.path), "--json", "status")
+    assert code == 0 and json.loads(out)["pid"] == 42
+
+
+def test_conntrackd_i_flag_prints_conntrackd_lines(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "--socket", str(fake.path), "-i")
+    assert code == 0
+    assert out == (
+        "tcp      6 ESTABLISHED src=198.18.0.2 dst=198.18.0.1 sport=40000 dport=22 "
+        "src=198.18.0.1 dst=198.18.0.2 sport=22 dport=40000 [ASSURED] mark=7 zone=3 "
+        "helper=ftp [active since 12s]\n"
+    )
+    assert fake.requests[-1] == {"cmd": "dump", "cache": "internal", "what": "ct"}
+
+
+def test_flag_arguments_are_prefix_matched(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "--socket", str(fake.path), "-e", "exp")[0] == 0
+    assert fake.requests[-1] == {"cmd": "dump", "cache": "external", "what": "expect"}
+    assert run(capsys, "--socket", str(fake.path), "-s", "run")[0] == 0
+    assert fake.requests[-1] == {"cmd": "stats", "section": "runtime"}
+    assert run(capsys, "--socket", str(fake.path), "-R")[0] == 0
+    assert fake.requests[-1] == {"cmd": "resync", "what": "all"}
+    # as in conntrackd, the last command given wins
+    assert run(capsys, "--socket", str(fake.path), "-i", "-k")[0] == 0
+    assert fake.requests[-1] == {"cmd": "shutdown"}
+
+
+def test_stats_in_conntrackd_layout(fake: FakeDaemon, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--socket", str(fake.path), "-s")
+    assert code == 0
+    assert out.startswith("cache internal:\ncurrent active connections:\t           1\n")
+    assert "connections destroyed:\t\t           4\tfailed:\t           1\n" in out
+    code, out, _ = run(capsys, "--socket", str(fake.path), "stats", "cache")
+    assert "\tdeletion created/failed:\t           4/           1\n" in out
+    # a section that needs peer sync prints nothing, like conntrackd without that feature
+    code, out, _ = run(capsys, "--socket", str(fake.path), "-s", "network")
+    assert (code, out) == (0, "")
+
+
+def test_daemon_errors_exit_1_with_the_reason(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "--socket", str(fake.path), "flush")
+    assert code == 1 and "flush refused for the test" in err
+
+
+def test_unreachable_daemon_exits_1_and_says_what_to_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "--socket", str(tmp_path / "none.sock"), "-s")
+    assert code == 1 and out == ""
+    assert "cannot connect to" in err and "is nfsyncd running?" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["bogus"], "invalid choice"),
+        (["-x"], "use --json"),
+        (["-i", "-x"], "use --json"),
+        (["-c"], "needs peer sync"),
+        (["-s", "nonsense"], "expected one of"),
+        (["dump"], "the following arguments are required"),
+    ],
+)
+def test_usage_errors_exit_2(
+    argv: list[str], needle: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exc:
+        ctl.main(argv)
+    assert exc.value.code == 2
+    assert needle in capsys.readouterr().err
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    assert ctl.main([]) == 2
+    assert "conntrackd-compatible flags" in capsys.readouterr().err
+
+
+def test_ctl_imports_neither_trio_nor_pyroute2(fake: FakeDaemon) -> None:
+    code = (
+        "import sys\nfrom nfsyncd import ctl\n"
+        f"rc = ctl.main(['--socket', {str(fake.path)!r}, '-i'])\n"
+        "heavy = [m for m in ('trio', 'pyroute2') if m in sys.modules]\n"
+        "print(rc, heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().endswith("0 []")
+
+
+def test_expect_line_layout() -> None:
+    d = {
+        "protonum": 6,
+        "tuple": {"src": "198.18.0.2", "dst": "198.18.0.1", "sport": 0, "dport": 30001},
+        "mask": {"src": "255.255.255.255", "dst": "255.255.255.255", "sport": 0, "dport": 65535},
+        "master": {"src": "198.18.0.2", "dst": "198.18.0.1", "sport": 40000, "dport": 21},
+        "class": 0,
+        "helper": "ftp",
+        "active_since": 4.2,
+    }
+    assert expect_line(d) == (
+        "proto=6 src=198.18.0.2 dst=198.18.0.1 sport=0 dport=30001 mask-src=255.255.255.255 "
+        "mask-dst=255.255.255.255 sport=0 dport=65535 master-src=198.18.0.2 "
+        "master-dst=198.18.0.1 sport=40000 dport=21 class=0 helper=ftp [active since 4s]"
+    )
+
+
+def test_unreplied_flow_line() -> None:
+    flow = FLOW._replace(
+        status=int(Status.CONFIRMED), reply=None, mark=None, zone=None, helper=None
+    )
+    assert flow_line(flow_json(flow)) == (
+        "tcp      6 ESTABLISHED src=198.18.0.2 dst=198.18.0.1 sport=40000 dport=22 "
+        "[UNREPLIED] mark=0"
+    )
