@@ -233,7 +233,8 @@ class Daemon:
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 1),
             "config": self.config_path,
-            "mode": self.config.sync.mode if self.config.sync else "mirror",
+            # peer sync (the [sync] table) is not in this version: always a local mirror
+            "mode": "mirror",
             "ready": self.mirror.ready.is_set(),
             "source": "polling" if self.mirror.polling else "events",
             "flows": self.cache.flow_count(),
@@ -454,6 +455,12 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.general.log_level, config.general.log_format)
     if path is None:
         log.info("no config file at %s: running with built-in defaults", DEFAULT_CONFIG)
+    if config.sync is not None:
+        log.warning(
+            "[sync] (mode %s) is validated but peer sync is not in this version yet: "
+            "running as a mirror of the local table only",
+            config.sync.mode,
+        )
     daemon = Daemon(config, path, Notifier())
     try:
         return trio.run(daemon.run)

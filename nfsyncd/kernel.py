@@ -298,9 +298,10 @@ class EventStream:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def next_batch(self) -> list[Event] | Overrun:
+    async def next_batch(self, max_datagrams: int = 512) -> list[Event] | Overrun:
+        """The next events (at least one), at most ``max_datagrams`` datagrams' worth."""
         while True:
-            datagrams = await self._nl.recv_datagrams()
+            datagrams = await self._nl.recv_datagrams(max_datagrams)
             if isinstance(datagrams, Overrun):
                 self.stats.overruns += 1
                 return OVERRUN

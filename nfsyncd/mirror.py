@@ -114,7 +114,8 @@ class KernelMirror:
 
     async def _events(self, stream: EventStream) -> None:
         while True:
-            batch = await stream.next_batch()
+            # a bounded batch, then a checkpoint: control requests stay responsive in a storm
+            batch = await stream.next_batch(self.config.general.event_batch_limit)
             async with self._lock:
                 if isinstance(batch, Overrun):
                     self._overrun(stream)

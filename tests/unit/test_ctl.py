@@ -17,6 +17,7 @@ import pytest
 from nfsyncd import ctl
 from nfsyncd.model import IPPROTO_TCP, Flow, Status, TcpInfo, Tuple
 from nfsyncd.render import expect_line, flow_json, flow_line
+from tests._support import skip_or_fail
 
 FLOW = Flow(
     Tuple(bytes([198, 18, 0, 2]), bytes([198, 18, 0, 1]), IPPROTO_TCP, 40000, 22),
@@ -245,3 +246,68 @@ def test_unreplied_flow_line() -> None:
         "tcp      6 ESTABLISHED src=198.18.0.2 dst=198.18.0.1 sport=40000 dport=22 "
         "[UNREPLIED] mark=0"
     )
+
+
+def test_config_import_then_check_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The migration path a user takes: import Debian's FTFW example, save it, check it."""
+    example = Path("/usr/share/doc/conntrackd/examples/sync/ftfw/conntrackd.conf")
+    if not example.exists():
+        skip_or_fail("conntrackd's examples are not installed (scripts/install-deps.sh)")
+    code, toml, err = run(capsys, "config", "import", str(example))
+    assert code == 0 and 'mode = "ftfw"' in toml
+    assert "note:" in err  # options with no equivalent are named
+    saved = tmp_path / "nfsyncd.toml"
+    saved.write_text(toml)
+    code, out, _ = run(capsys, "check-config", str(saved))
+    assert (code, out) == (0, f"{saved}: configuration is valid (ftfw)\n")
+    saved.write_text(toml.replace('mode = "ftfw"', 'mode = "nack"'))
+    code, out, err = run(capsys, "--json", "check-config", str(saved))
+    assert code == 2
+    report = json.loads(out)
+    assert report["valid"] is False
+    assert 'sync.mode: must be one of "ftfw", "alarm", "notrack", got "nack"' in report["errors"][0]
+
+
+def test_config_import_reports_the_line_of_a_syntax_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "conntrackd.conf"
+    bad.write_text("General {\n  HashSize 8192\n  Nice 5\n}\n")
+    code, out, err = run(capsys, "config", "import", str(bad))
+    assert code == 2 and out == ""
+    assert f"{bad}:3:" in err
+
+
+def test_daemon_check_config_exit_codes(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text('[general]\nlog_level = "info"\n')
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[general]\nlog_levl = "info"\n')
+    cmd = [sys.executable, "-m", "nfsyncd.daemon", "--check-config"]
+    ok = subprocess.run([*cmd, str(good)], capture_output=True, text=True)
+    assert ok.returncode == 0 and "configuration is valid" in ok.stdout
+    ko = subprocess.run([*cmd, str(bad)], capture_output=True, text=True)
+    assert ko.returncode == 2
+    assert ko.stderr.strip() == (
+        f'{bad}:2: general.log_levl: unknown key; did you mean "log_level"?'
+    )
+
+
+def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from nfsyncd.logs import setup_logging
+
+    setup_logging("info", "json")
+    try:
+        logging.getLogger("nfsyncd.test").warning("hello %s", "world")
+        logging.getLogger("nfsyncd.test").debug("not shown at info")
+        lines = capsys.readouterr().err.splitlines()
+        assert len(lines) == 1
+        rec = json.loads(lines[0])
+        assert rec["level"] == "warning" and rec["msg"] == "hello world"
+        assert rec["logger"] == "nfsyncd.test" and rec["ts"].endswith("Z")
+    finally:
+        setup_logging("info", "text")
