@@ -1,0 +1,76 @@
+"""State synchronization with a peer: for now the conntrackd-compatible wire codec.
+
+:mod:`.attrs` maps flows and expectations to conntrackd's attributes; :mod:`.wire` frames
+them as messages and datagrams and decodes what a peer sent.  Sync modes and channels
+build on the names re-exported here.
+"""
+
+from .attrs import (
+    LATEST_PEER_VERSION,
+    OLDEST_PEER_VERSION,
+    Extra,
+    Reason,
+    WireError,
+    decode_expect,
+    decode_flow,
+    nta_max,
+    parse_version,
+)
+from .wire import (
+    Batcher,
+    Encoder,
+    Flag,
+    Message,
+    MsgType,
+    NetworkStats,
+    SeqCounter,
+    SeqTracker,
+    SeqVerdict,
+    StreamDecoder,
+    ack_message,
+    alive_message,
+    channel_payload_size,
+    data_message,
+    decode_datagram,
+    decode_message,
+    nack_message,
+    pack_datagrams,
+    resync_message,
+    seq_add,
+    seq_after,
+    seq_before,
+)
+
+__all__ = [
+    "LATEST_PEER_VERSION",
+    "OLDEST_PEER_VERSION",
+    "Batcher",
+    "Encoder",
+    "Extra",
+    "Flag",
+    "Message",
+    "MsgType",
+    "NetworkStats",
+    "Reason",
+    "SeqCounter",
+    "SeqTracker",
+    "SeqVerdict",
+    "StreamDecoder",
+    "WireError",
+    "ack_message",
+    "alive_message",
+    "channel_payload_size",
+    "data_message",
+    "decode_datagram",
+    "decode_expect",
+    "decode_flow",
+    "decode_message",
+    "nack_message",
+    "nta_max",
+    "pack_datagrams",
+    "parse_version",
+    "resync_message",
+    "seq_add",
+    "seq_after",
+    "seq_before",
+]
