@@ -49,7 +49,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from ._record import (
     BODY_OFFSET,
@@ -353,30 +353,16 @@ class InternalCache:
         table = self._flows
         old = table.get(key)
         if origin == Origin.INJECT:
-            st.ignored += 1
-            if kind == DESTROY:
-                self._peer_flows.discard(key)
-                if old is not None:
-                    del table[key]
-                    st.deleted += 1
-            elif old is not None:
+            merge = _injected(kind, key, old is not None, table, self._peer_flows, st, self.limit)
+            if merge and old is not None:
                 self._store_update(key, old, flow, FLAG_FROM_PEER, self._gen)
-            elif len(self._peer_flows) < self.limit:
-                self._peer_flows.add(key)
             return
         if kind == DESTROY:
-            if old is not None:
-                del table[key]
-                st.deleted += 1
-                if origin == Origin.NOT_ME:
-                    changes.append(Change(DESTROY, flow))
-            elif key in self._peer_flows:
-                self._peer_flows.discard(key)  # an injected flow ended: known, not an error
-            elif self._filter.filters_flows and not self._filter.accepts_flow(flow):
-                st.filtered += 1
-            else:
-                st.delete_failed += 1
-                st.delete_not_found += 1
+            filt = self._filter
+            rejected = old is None and filt.filters_flows and not filt.accepts_flow(flow)
+            gone = _destroyed(key, old is not None, table, self._peer_flows, st, rejected)
+            if gone and origin == Origin.NOT_ME:
+                changes.append(Change(DESTROY, flow))
             return
         peer_flag = FLAG_FROM_PEER if origin == Origin.COMMIT else 0
         if old is None:
@@ -451,30 +437,15 @@ class InternalCache:
         table = self._exps
         old = table.get(key)
         if origin == Origin.INJECT:
-            st.ignored += 1
-            if kind == DESTROY:
-                self._peer_exps.discard(key)
-                if old is not None:
-                    del table[key]
-                    st.deleted += 1
-            elif old is not None:
+            merge = _injected(kind, key, old is not None, table, self._peer_exps, st, self.limit)
+            if merge and old is not None:
                 self._store_expect(key, old, exp, FLAG_FROM_PEER, self._exp_gen, now, kind)
-            elif len(self._peer_exps) < self.limit:
-                self._peer_exps.add(key)
             return
         if kind == DESTROY:
-            if old is not None:
-                del table[key]
-                st.deleted += 1
-                if origin == Origin.NOT_ME:
-                    changes.append(Change(DESTROY, exp))
-            elif key in self._peer_exps:
-                self._peer_exps.discard(key)
-            elif not self._filter.accepts_expect(exp):
-                st.filtered += 1
-            else:
-                st.delete_failed += 1
-                st.delete_not_found += 1
+            rejected = old is None and not self._filter.accepts_expect(exp)
+            gone = _destroyed(key, old is not None, table, self._peer_exps, st, rejected)
+            if gone and origin == Origin.NOT_ME:
+                changes.append(Change(DESTROY, exp))
             return
         peer_flag = FLAG_FROM_PEER if origin == Origin.COMMIT else 0
         change = self._store_expect(key, old, exp, peer_flag, self._exp_gen, now, kind)
@@ -669,3 +640,51 @@ class InternalCache:
 
     def _now(self) -> int:
         return min(max(int(self._clock() - self._t0), 0), _MAX_SINCE)
+
+
+def _injected(
+    kind: EventKind,
+    key: Any,
+    cached: bool,
+    table: dict[Any, Any],
+    peer_keys: set[Any],
+    st: CacheStats,
+    limit: int,
+) -> bool:
+    """An event our own injection caused: never replicated, only remembered as "from the
+    peer".  True when the caller must merge it into the cached entry."""
+    st.ignored += 1
+    if kind == DESTROY:
+        peer_keys.discard(key)
+        if cached:
+            del table[key]
+            st.deleted += 1
+        return False
+    if cached:
+        return True
+    if len(peer_keys) < limit:
+        peer_keys.add(key)
+    return False
+
+
+def _destroyed(
+    key: Any,
+    cached: bool,
+    table: dict[Any, Any],
+    peer_keys: set[Any],
+    st: CacheStats,
+    rejected: bool,
+) -> bool:
+    """Apply a DESTROY; True when a cached entry went (the caller replicates that)."""
+    if cached:
+        del table[key]
+        st.deleted += 1
+        return True
+    if key in peer_keys:
+        peer_keys.discard(key)  # an injected entry ended: known, not an error
+    elif rejected:
+        st.filtered += 1
+    else:
+        st.delete_failed += 1
+        st.delete_not_found += 1
+    return False

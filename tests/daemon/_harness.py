@@ -9,8 +9,7 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +40,6 @@ class Daemon:
     config: Path
     proc: subprocess.Popen[bytes]
     log: Path
-    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def socket(self) -> Path:
@@ -141,7 +139,7 @@ def start_daemon(
             stderr=subprocess.STDOUT,
             env=full_env,
         )
-    daemon = Daemon(ns, tmp, config, proc, log, env or {})
+    daemon = Daemon(ns, tmp, config, proc, log)
     if wait_ready:
 
         def ready() -> bool:
@@ -152,9 +150,3 @@ def start_daemon(
 
         wait_until(ready, timeout=20, interval=0.05, what="nfsyncd to become ready")
     return daemon
-
-
-def wait_stopped(proc: subprocess.Popen[bytes], timeout: float) -> float:
-    start = time.monotonic()
-    proc.wait(timeout)
-    return time.monotonic() - start
