@@ -182,6 +182,9 @@ class InternalCache:
     (seconds, monotonic) dates the entries for :meth:`flows` and :meth:`expects`.
     """
 
+    #: True for :class:`~nfsyncd.cache_bypass.BypassCache`, which stores nothing
+    bypass = False
+
     def __init__(
         self,
         filter: Filter | None = None,

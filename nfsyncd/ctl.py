@@ -48,18 +48,16 @@ _COMPAT_ARGS = {
     "-f": ("internal", "external"),
     "-R": ("ct", "expect"),
     "-k": (),
+    "-c": ("ct", "expect"),
+    "-F": ("ct", "expect"),
+    "-B": (),
+    "-n": (),
+    "-t": (),
 }
-#: conntrackd flags that arrive with peer sync (the next milestone)
-_COMPAT_LATER = {
-    "-c": "commit",
-    "-F": "flush-kernel",
-    "-B": "bulk",
-    "-n": "request-resync",
-    "-t": "purge",
-}
-#: ``-s`` sections that exist only with peer sync: empty until then, as conntrackd prints
-#: nothing for a section that does not apply
-_SYNC_SECTIONS = {"network", "link", "rsqueue", "queue", "process", "expect", "multicast"}
+#: ``-s`` sections the daemon has no counters for (conntrackd prints nothing for those)
+_EMPTY_SECTIONS = {"process", "expect"}
+#: conntrackd ``-s`` names -> the daemon's stats sections
+_SECTION_ALIASES = {"multicast": "link", "rsqueue": "queue"}
 
 
 class CtlError(Exception):
@@ -205,6 +203,8 @@ def _fmt_stats(stats: JsonDict, section: str | None) -> str:
             out += _fmt_cache_detail(name, c)
     if section == "runtime" and "runtime" in stats:
         out += _fmt_runtime(stats["runtime"])
+    if section in _SYNC_SECTIONS and section in stats:
+        out += _fmt_sync_section(section, stats[section])
     if section == "control" and "control" in stats:
         c = stats["control"]
         out += "control socket:\n"
@@ -212,6 +212,37 @@ def _fmt_stats(stats: JsonDict, section: str | None) -> str:
         for name, n in sorted(c["requests"].items()):
             out += f"\t{name + ':':<16}{n:12}\n"
     return out
+
+
+_SYNC_SECTIONS = {"network", "link", "queue", "sync"}
+
+
+def _flat(data: JsonDict) -> Iterator[tuple[str, Any]]:
+    """Nested counters as one level (``stats.sent_packets`` reads as ``sent_packets``)."""
+    for key, value in data.items():
+        if isinstance(value, dict):
+            yield from _flat(value)
+        else:
+            yield key, value
+
+
+def _fmt_sync_section(section: str, data: Any) -> str:
+    """Peer-sync counters as aligned ``name: value`` lines (links: one block per link)."""
+    if section == "link":
+        out = ""
+        for link in data:
+            out += (
+                f"{link.get('transport', 'link')} traffic device={link['interface']} "
+                f"status={link['status']} role={link['role']}:\n"
+            )
+            for key, value in _flat(link):
+                if key not in ("interface", "status", "role", "transport", "index"):
+                    out += f"\t{key + ':':<24}{value!s:>14}\n"
+        return out + "\n"
+    out = f"{section}:\n"
+    for key, value in data.items():
+        out += f"\t{key + ':':<28}{value!s:>14}\n"
+    return out + "\n"
 
 
 # -- commands ----------------------------------------------------------------------------------
@@ -223,11 +254,14 @@ def cmd_status(client: Client, args: argparse.Namespace) -> int:
 
 
 def cmd_stats(client: Client, args: argparse.Namespace) -> int:
-    section = args.section
-    daemon_section = None if section in (None, "ct") or section in _SYNC_SECTIONS else section
-    stats: JsonDict = client.call("stats", section=daemon_section)["stats"]
-    if section in _SYNC_SECTIONS:
-        stats = {}  # reachable, but the section has nothing to show without peer sync
+    section = _SECTION_ALIASES.get(args.section, args.section)
+    daemon_section = None if section in (None, "ct") or section in _EMPTY_SECTIONS else section
+    if section in _SYNC_SECTIONS and not client.call("status").get("sync"):
+        stats: JsonDict = {}  # no peer sync: conntrackd prints nothing for these sections
+    else:
+        stats = client.call("stats", section=daemon_section)["stats"]
+    if section in _EMPTY_SECTIONS:
+        stats = {}
     if args.json:
         _print_json(stats)
     else:
@@ -274,6 +308,100 @@ def cmd_resync(client: Client, args: argparse.Namespace) -> int:
             f"{res['expects']} expectations; {res['added']} added, {res['updated']} updated, "
             f"{res['removed']} removed"
         )
+    return EXIT_OK
+
+
+def cmd_commit(client: Client, args: argparse.Namespace) -> int:
+    res = client.call("commit", what=args.what)["commit"]
+    if args.json:
+        _print_json(res)
+    elif res is None:
+        if not args.compat:
+            print("nothing to commit: received state goes straight into the kernel (inject mode)")
+    elif not args.compat:
+        print(
+            f"committed {res['flows']} flows ({res['related']} related) and {res['expects']} "
+            f"expectations in {res['seconds']}s; failed: {res['flows_failed']} flows, "
+            f"{res['expects_failed']} expectations"
+            + (f" ({_errors(res['errors'])})" if res.get("errors") else "")
+        )
+    return EXIT_OK
+
+
+def _errors(errors: JsonDict) -> str:
+    return ", ".join(f"{name}: {n}" for name, n in sorted(errors.items()))
+
+
+def cmd_flush_kernel(client: Client, args: argparse.Namespace) -> int:
+    res = client.call("flush-kernel", what=args.what)
+    res.pop("ok", None)
+    if args.json:
+        _print_json(res)
+    elif not args.compat:
+        print(
+            f"deleted {res['flows']} flows and {res['expects']} expectations from the kernel "
+            "(not replicated)"
+        )
+    return EXIT_OK
+
+
+def cmd_bulk(client: Client, args: argparse.Namespace) -> int:
+    res = client.call("bulk")
+    if args.json:
+        _print_json({"queued": res["queued"]})
+    elif not args.compat:
+        print(f"queued {res['queued']} flows and expectations for the peer")
+    return EXIT_OK
+
+
+def cmd_request_resync(client: Client, args: argparse.Namespace) -> int:
+    requested = bool(client.call("request-resync").get("requested", True))
+    if args.json:
+        _print_json({"requested": requested})
+    elif not args.compat:
+        print(
+            "asked the peer for a full resync"
+            if requested
+            else "nothing to do: the alarm mode has no resync request (the peer refreshes "
+            "every flow within sync.refresh_time)"
+        )
+    return EXIT_OK
+
+
+def cmd_purge(client: Client, args: argparse.Namespace) -> int:
+    res = client.call("purge")
+    if args.json:
+        _print_json({"purge_in": res["purge_in"]})
+    elif not args.compat:
+        print(
+            f"the kernel table will be purged in {res['purge_in']:g}s (cancelled by commit/flush)"
+        )
+    return EXIT_OK
+
+
+def cmd_notify(client: Client, args: argparse.Namespace) -> int:
+    res = client.call("notify", role=args.role)["transition"]
+    if args.json:
+        _print_json(res)
+        return EXIT_OK
+    parts = [f"now {res['role']} ({res['seconds']}s)"]
+    commit = res.get("commit")
+    if commit:
+        parts.append(
+            f"committed {commit['flows']} flows and {commit['expects']} expectations"
+            + (
+                f", {commit['flows_failed'] + commit['expects_failed']} failed"
+                if commit["flows_failed"] or commit["expects_failed"]
+                else ""
+            )
+        )
+    if res.get("bulk"):
+        parts.append(f"sending {res['bulk']} entries to the peer")
+    if res.get("purge_in") is not None:
+        parts.append(f"kernel purge in {res['purge_in']:g}s")
+    if res.get("resync_requested"):
+        parts.append("asked the peer for its table")
+    print("; ".join(parts))
     return EXIT_OK
 
 
@@ -347,6 +475,11 @@ conntrackd-compatible flags (same meaning and exit codes as conntrackd's client)
   -s [SECTION]       statistics (ct, cache, runtime, ...)
   -f [internal|external]  flush the caches
   -R [ct|expect]     resync the internal cache with the kernel table
+  -c [ct|expect]     commit the external cache to the kernel
+  -F [ct|expect]     flush the kernel table (selectively: what the filter syncs)
+  -B                 send every internal-cache entry to the peer
+  -n                 ask the peer for a full resync
+  -t                 purge the kernel table after sync.purge_timeout
   -k                 stop the daemon
 Arguments are prefix-matched as conntrackd does (-s run = -s runtime).
 
@@ -372,9 +505,15 @@ The socket is found through -C FILE (its general.control_socket), else
     s = sub.add_parser("status", help="daemon state, cache sizes and where it listens")
     s.set_defaults(func=cmd_status)
     s = sub.add_parser(
-        "stats", help="counters; SECTION: cache, runtime or control (default: summary)"
+        "stats",
+        help="counters; SECTION: cache, runtime, control, network, link, queue or sync "
+        "(default: summary)",
     )
-    s.add_argument("section", nargs="?", choices=("cache", "runtime", "control"))
+    s.add_argument(
+        "section",
+        nargs="?",
+        choices=("cache", "runtime", "control", "network", "link", "queue", "sync"),
+    )
     s.set_defaults(func=cmd_stats)
     s = sub.add_parser("dump", help="list a cache's entries (one conntrackd -i style line each)")
     s.add_argument("cache", choices=("internal", "external"))
@@ -386,6 +525,37 @@ The socket is found through -C FILE (its general.control_socket), else
     s = sub.add_parser("resync", help="re-dump the kernel table into the internal cache")
     s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
     s.set_defaults(func=cmd_resync)
+    s = sub.add_parser(
+        "commit",
+        help="write the peer's state (external cache) into the kernel: masters, related "
+        "flows, then expectations",
+    )
+    s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
+    s.set_defaults(func=cmd_commit)
+    s = sub.add_parser(
+        "flush-kernel",
+        help="delete the kernel's flows the filter syncs (and expectations); not replicated",
+    )
+    s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
+    s.set_defaults(func=cmd_flush_kernel)
+    s = sub.add_parser("bulk", help="send every internal-cache entry to the peer")
+    s.set_defaults(func=cmd_bulk)
+    s = sub.add_parser("request-resync", help="ask the peer to send its whole table")
+    s.set_defaults(func=cmd_request_resync)
+    s = sub.add_parser(
+        "purge", help="flush the kernel table after sync.purge_timeout (zombies of a primary)"
+    )
+    s.set_defaults(func=cmd_purge)
+    s = sub.add_parser(
+        "notify",
+        help="keepalived state change: primary (commit, then bulk-send to the new backup), "
+        "backup (purge later, request a resync) or fault (purge later)",
+        description="Perform a keepalived transition inside the daemon and return when the "
+        "new state is in the kernel. Use it as keepalived's notify_master/notify_backup/"
+        "notify_fault: nfsyncctl notify primary|backup|fault.",
+    )
+    s.add_argument("role", choices=("primary", "backup", "fault"))
+    s.set_defaults(func=cmd_notify)
     s = sub.add_parser("reload", help="re-read the configuration file (like SIGHUP)")
     s.set_defaults(func=cmd_reload)
     s = sub.add_parser("shutdown", help="stop the daemon cleanly (like SIGTERM)")
@@ -417,12 +587,6 @@ def _translate_compat(argv: list[str], parser: argparse.ArgumentParser) -> list[
     i = 0
     while i < len(argv):
         word = argv[i]
-        if word in _COMPAT_LATER:
-            _usage_error(
-                parser,
-                f"{word} ({_COMPAT_LATER[word]}) needs peer sync, which this "
-                "version does not have yet",
-            )
         if word == "-x":
             _usage_error(parser, "-x (XML output) is not supported; use --json")
         if word not in _COMPAT_ARGS:
@@ -448,6 +612,11 @@ def _translate_compat(argv: list[str], parser: argparse.ArgumentParser) -> list[
             "-f": ["flush", arg or "all"],
             "-R": ["resync", arg or "all"],
             "-k": ["shutdown"],
+            "-c": ["commit", arg or "all"],
+            "-F": ["flush-kernel", arg or "all"],
+            "-B": ["bulk"],
+            "-n": ["request-resync"],
+            "-t": ["purge"],
         }[word]
     if command is None:
         return argv

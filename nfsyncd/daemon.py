@@ -18,7 +18,7 @@ import os
 import signal
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -35,6 +35,9 @@ from .model import EventKind
 from .render import expect_json, flow_json
 from .sdnotify import Notifier
 
+if TYPE_CHECKING:
+    from .sync.engine import SyncEngine
+
 __all__ = ["DEFAULT_CONFIG", "Daemon", "main"]
 
 log = logging.getLogger("nfsyncd")
@@ -42,6 +45,8 @@ log = logging.getLogger("nfsyncd")
 DEFAULT_CONFIG = "/etc/nfsyncd/nfsyncd.toml"
 SHUTDOWN_GRACE = 5.0
 JsonDict = dict[str, Any]
+_ROLES = ("primary", "backup", "fault")
+_SYNC_COMMANDS = ("commit", "flush-kernel", "bulk", "request-resync", "purge", "notify")
 
 
 def build_filter(config: Config) -> Filter:
@@ -54,12 +59,22 @@ class Daemon:
         self.config_path = config_path
         self.notifier = notifier
         self.started = time.time()
-        self.cache = InternalCache(
+        sync_cfg = config.sync
+        cache_type = InternalCache
+        if sync_cfg is not None and sync_cfg.disable_internal_cache:
+            from .cache_bypass import BypassCache as cache_type
+        self.cache = cache_type(
             build_filter(config),
             limit=config.general.cache_limit,
             expectations=config.expectations.sync,
         )
         self.mirror = KernelMirror(config, self.cache)
+        self.sync: SyncEngine | None = None
+        if config.sync is not None:
+            from .sync.engine import SyncEngine  # peer sync code loads only when configured
+
+            self.sync = SyncEngine(config, self.cache, self.mirror)
+            self.mirror.sink = self.sync.sink
         self.control = ControlServer(
             config.general.control_socket, self.handle, grace=SHUTDOWN_GRACE
         )
@@ -84,6 +99,8 @@ class Daemon:
                             serve_http, self.config.metrics.listen, self._routes()
                         )
                         log.info("health and metrics on http://%s:%d/", *self.http_address)
+                    if self.sync is not None:
+                        await nursery.start(self.sync.run)  # links open before the dump
                     await nursery.start(self.mirror.run)
                     nursery.start_soon(self._keepalive)
                     log.info(
@@ -143,11 +160,15 @@ class Daemon:
                 self.notifier.status(self._status_text())
 
     def _status_text(self) -> str:
-        return (
+        text = (
             f"mirroring {self.cache.flow_count()} flows, {self.cache.expect_count()} "
             f"expectations; {self.mirror.stats.overruns} overruns, "
             f"{self.mirror.stats.resyncs} resyncs"
         )
+        if self.sync is not None:
+            ext = self.sync.external_counts()
+            text += f"; peer: {self.sync.in_sync()[1]}; external {ext['flows']} flows"
+        return text
 
     # -- reload ------------------------------------------------------------------------------
     def reload(self) -> bool:
@@ -213,8 +234,11 @@ class Daemon:
         if cmd == "flush":
             return self._flush(req.get("cache", "all"))
         if cmd == "resync":
-            result = await self.mirror.resync()
+            # conntrackd's -R: populate the internal cache only; -B sends
+            result = await self.mirror.resync(replicate=False)
             return {"resync": result.as_dict()}
+        if cmd in _SYNC_COMMANDS:
+            return await self._sync_command(cmd, req)
         if cmd == "reload":
             if not self.reload():
                 raise ControlError("the new configuration is invalid; see the daemon's log")
@@ -223,8 +247,48 @@ class Daemon:
             self.request_shutdown()
             return {}
         raise ControlError(
-            f"unknown command {cmd!r}; known: status, stats, dump, flush, resync, reload, shutdown"
+            f"unknown command {cmd!r}; known: status, stats, dump, flush, resync, reload, "
+            f"shutdown, {', '.join(_SYNC_COMMANDS)}"
         )
+
+    async def _sync_command(self, cmd: str, req: JsonDict) -> JsonDict:
+        sync = self.sync
+        if sync is None:
+            raise ControlError(f"{cmd}: peer sync is not configured (add a [sync] table)")
+        if cmd == "commit":
+            what = req.get("what", "all")
+            if what not in ("all", "ct", "expect"):
+                raise ControlError(f"commit: what must be ct, expect or all, got {what!r}")
+            result = await sync.commit(what)
+            return {"commit": None if result is None else result.as_dict()}
+        if cmd == "flush-kernel":
+            what = req.get("what", "all")
+            if what not in ("all", "ct", "expect"):
+                raise ControlError(f"flush-kernel: what must be ct, expect or all, got {what!r}")
+            if what == "expect":
+                flows, exps = 0, await self._flush_kernel_expect(sync)
+            else:
+                flows, exps = await sync.flush_kernel(expectations=None if what == "all" else False)
+            return {"flows": flows, "expects": exps}
+        if cmd == "bulk":
+            return {"queued": sync.bulk()}
+        if cmd == "request-resync":
+            # alarm has no such message: a no-op, as in conntrackd (scripts call it anyway)
+            return {"requested": sync.request_resync()}
+        if cmd == "purge":
+            return {"purge_in": round(sync.schedule_purge(), 1)}
+        # notify
+        role = req.get("role")
+        if role not in _ROLES:
+            raise ControlError(f"notify: role must be one of {', '.join(_ROLES)}, got {role!r}")
+        done = await sync.transition(role)
+        return {"transition": done.as_dict()}
+
+    async def _flush_kernel_expect(self, sync: SyncEngine) -> int:
+        assert sync.flush_ct is not None
+        before = len(await sync.flush_ct.dump_expect())
+        await sync.flush_ct.flush_expect()
+        return before
 
     def status(self) -> JsonDict:
         st = self.mirror.stats
@@ -233,8 +297,7 @@ class Daemon:
             "pid": os.getpid(),
             "uptime": round(time.time() - self.started, 1),
             "config": self.config_path,
-            # peer sync (the [sync] table) is not in this version: always a local mirror
-            "mode": "mirror",
+            "mode": self.sync.sync.mode if self.sync is not None else "mirror",
             "ready": self.mirror.ready.is_set(),
             "source": "polling" if self.mirror.polling else "events",
             "flows": self.cache.flow_count(),
@@ -248,6 +311,8 @@ class Daemon:
             else None,
             "reloads": self.reloads,
             "reload_failures": self.reload_failures,
+            "sync": self.sync.status() if self.sync is not None else None,
+            "external": self.sync.external_counts() if self.sync is not None else None,
         }
 
     def stats(self, section: str | None) -> JsonDict:
@@ -274,6 +339,10 @@ class Daemon:
                 "errors": self.control.stats.errors,
             },
         }
+        if self.sync is not None:
+            extra = self.sync.stats_sections()
+            sections["cache"]["external"] = extra.pop("external")
+            sections.update(extra)
         if section in (None, "", "all", "general"):
             return sections
         if section not in sections:
@@ -286,12 +355,12 @@ class Daemon:
         which = req.get("cache", "internal")
         what = req.get("what", "ct")
         if which == "external":
-            raise ControlError(
-                "there is no external cache: peer sync is not configured (add a [sync] table)"
-            )
+            return await self._dump_external(what, send)
         if which != "internal":
             raise ControlError(f"dump: cache must be internal or external, got {which!r}")
         count = 0
+        if self.cache.bypass:  # no internal cache: list the kernel table, as conntrackd
+            return await self._dump_kernel(what, send)
         if what == "ct":
             for flow, since in self.cache.flows():
                 await send(flow_json(flow, since))
@@ -304,6 +373,46 @@ class Daemon:
             raise ControlError(f"dump: what must be ct or expect, got {what!r}")
         return {"count": count}
 
+    async def _dump_kernel(self, what: str, send: Send) -> JsonDict:
+        conntrack = self.mirror.conntrack
+        if conntrack is None:
+            raise ControlError("the kernel mirror is not running yet")
+        filt = self.cache.filter
+        count = 0
+        if what == "ct":
+            for flow in await conntrack.dump():
+                if not filt.filters_flows or filt.accepts_flow(flow):
+                    await send(flow_json(flow, 0))
+                    count += 1
+        elif what == "expect":
+            for exp in await conntrack.dump_expect():
+                await send(expect_json(exp, 0))
+                count += 1
+        else:
+            raise ControlError(f"dump: what must be ct or expect, got {what!r}")
+        return {"count": count}
+
+    async def _dump_external(self, what: str, send: Send) -> JsonDict:
+        ext = self.sync.external if self.sync is not None else None
+        if self.sync is None:
+            raise ControlError(
+                "there is no external cache: peer sync is not configured (add a [sync] table)"
+            )
+        count = 0
+        if ext is None:  # inject mode: nothing kept, like conntrackd's -e
+            return {"count": 0}
+        if what == "ct":
+            for flow, age in ext.flows():
+                await send(flow_json(flow, int(age)))
+                count += 1
+        elif what == "expect":
+            for exp, age in ext.expects():
+                await send(expect_json(exp, int(age)))
+                count += 1
+        else:
+            raise ControlError(f"dump: what must be ct or expect, got {what!r}")
+        return {"count": count}
+
     def _flush(self, which: str) -> JsonDict:
         if which not in ("all", "internal", "external"):
             raise ControlError(f"flush: cache must be internal, external or all, got {which!r}")
@@ -311,6 +420,10 @@ class Daemon:
         if which in ("all", "internal"):
             flushed = self.cache.flow_count() + self.cache.expect_count()
             self.cache.flush()
+            if self.sync is not None:
+                self.sync.cancel_purge()  # as conntrackd: -f and -f internal cancel -t
+        if which in ("all", "external") and self.sync is not None:
+            flushed += self.sync.flush_external("all")
         return {"flushed": flushed}
 
     # -- HTTP ------------------------------------------------------------------------------
@@ -319,9 +432,14 @@ class Daemon:
             return 200, "text/plain", b"ok\n"
 
         def readyz() -> Response:
-            if self.mirror.ready.is_set():
-                return 200, "text/plain", b"ready\n"
-            return 503, "text/plain", b"not ready: initial kernel dump in progress\n"
+            if not self.mirror.ready.is_set():
+                return 503, "text/plain", b"not ready: initial kernel dump in progress\n"
+            if self.sync is not None:
+                ok, why = self.sync.in_sync()
+                if not ok:
+                    return 503, "text/plain", f"not ready: {why}\n".encode()
+                return 200, "text/plain", f"ready: {why}\n".encode()
+            return 200, "text/plain", b"ready\n"
 
         def metrics() -> Response:
             return 200, "text/plain; version=0.0.4", render(self.metrics()).encode()
@@ -338,7 +456,7 @@ class Daemon:
         cstats = self.cache.stats_dict()
         ms = self.mirror.stats
         stream = self.mirror.stream
-        return [
+        out = [
             ev,
             Metric("nfsyncd_events_filtered_total", "counter", "Events the filter ignored.").add(
                 cstats.get("filtered", 0)
@@ -377,6 +495,11 @@ class Daemon:
                 round(time.time() - self.started, 1)
             ),
         ]
+        if self.sync is not None:
+            from .sync.metrics import sync_metrics
+
+            out += sync_metrics(self.sync)
+        return out
 
 
 # -- command line -------------------------------------------------------------------------
@@ -455,12 +578,6 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(config.general.log_level, config.general.log_format)
     if path is None:
         log.info("no config file at %s: running with built-in defaults", DEFAULT_CONFIG)
-    if config.sync is not None:
-        log.warning(
-            "[sync] (mode %s) is validated but peer sync is not in this version yet: "
-            "running as a mirror of the local table only",
-            config.sync.mode,
-        )
     daemon = Daemon(config, path, Notifier())
     try:
         return trio.run(daemon.run)

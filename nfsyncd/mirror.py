@@ -178,8 +178,11 @@ class KernelMirror:
         level = logging.DEBUG if why == "poll" else logging.INFO
         log.log(level, "resync (%s): %s", why, result.as_dict())
 
-    async def resync(self) -> ResyncResult:
-        """Dump the kernel and make the cache equal to it (adds, updates, removals)."""
+    async def resync(self, *, replicate: bool = True) -> ResyncResult:
+        """Dump the kernel and make the cache equal to it (adds, updates, removals).
+
+        ``replicate=False`` only populates the cache (conntrackd's ``-R``): the changes are
+        not handed to the sink, e.g. when a bulk send follows anyway."""
         assert self.conntrack is not None, "resync before run()"
         start = time.monotonic()
         async with self._lock:
@@ -200,7 +203,7 @@ class KernelMirror:
         self.stats.resyncs += 1
         self.stats.last_resync = time.time()
         self.stats.last_resync_seconds = seconds
-        if changes and self.sink is not None:
+        if changes and replicate and self.sink is not None:
             self.sink(changes)
         return _summarise(changes, len(flows), len(exps), seconds)
 

@@ -1,8 +1,10 @@
-"""State synchronization with a peer: for now the conntrackd-compatible wire codec.
+"""State synchronization with a peer, wire-compatible with conntrackd 1.4.x.
 
 :mod:`.attrs` maps flows and expectations to conntrackd's attributes; :mod:`.wire` frames
-them as messages and datagrams and decodes what a peer sent.  Sync modes and channels
-build on the names re-exported here.
+them as messages and datagrams and decodes what a peer sent.  One sync mode per module
+(:mod:`.ftfw`, :mod:`.alarm`, :mod:`.notrack`, built by :func:`make_mode`), one transport per
+module (:mod:`.udp`, :mod:`.mcast`, :mod:`.tcp`, grouped into redundant links by
+:class:`LinkSet`); :mod:`.engine` wires them to the daemon's caches and the kernel.
 """
 
 from .attrs import (
@@ -16,6 +18,9 @@ from .attrs import (
     nta_max,
     parse_version,
 )
+from .channel import Channel, LinkStats, open_channel
+from .links import LinkSet
+from .modes import SyncMode, make_mode
 from .wire import (
     Batcher,
     Encoder,
@@ -45,9 +50,12 @@ __all__ = [
     "LATEST_PEER_VERSION",
     "OLDEST_PEER_VERSION",
     "Batcher",
+    "Channel",
     "Encoder",
     "Extra",
     "Flag",
+    "LinkSet",
+    "LinkStats",
     "Message",
     "MsgType",
     "NetworkStats",
@@ -56,6 +64,7 @@ __all__ = [
     "SeqTracker",
     "SeqVerdict",
     "StreamDecoder",
+    "SyncMode",
     "WireError",
     "ack_message",
     "alive_message",
@@ -65,8 +74,10 @@ __all__ = [
     "decode_expect",
     "decode_flow",
     "decode_message",
+    "make_mode",
     "nack_message",
     "nta_max",
+    "open_channel",
     "pack_datagrams",
     "parse_version",
     "resync_message",

@@ -63,6 +63,34 @@ CACHE = {
 }
 
 
+COMMIT = {
+    "flows": 10,
+    "flows_failed": 1,
+    "related": 2,
+    "expects": 3,
+    "expects_failed": 0,
+    "seconds": 0.01,
+    "errors": {"EEXIST": 1},
+}
+SYNC_REPLIES: dict[str, dict[str, Any]] = {
+    "commit": {"commit": COMMIT},
+    "flush-kernel": {"flows": 5, "expects": 1},
+    "bulk": {"queued": 12},
+    "request-resync": {},
+    "purge": {"purge_in": 60.0},
+    "notify": {
+        "transition": {
+            "role": "primary",
+            "seconds": 0.05,
+            "commit": COMMIT,
+            "bulk": 13,
+            "purge_in": None,
+            "resync_requested": False,
+        }
+    },
+}
+
+
 class FakeDaemon:
     """Answers control requests from a script; remembers what it was asked."""
 
@@ -88,6 +116,8 @@ class FakeDaemon:
         if cmd == "resync":
             r = {"flows": 1, "expects": 0, "added": 0, "updated": 0, "removed": 0, "seconds": 0.1}
             return [{"ok": True, "resync": r}]
+        if cmd in SYNC_REPLIES:
+            return [{"ok": True, **SYNC_REPLIES[cmd]}]
         return [{"ok": True, "count": 0}]
 
     def _serve(self) -> None:
@@ -191,7 +221,8 @@ def test_unreachable_daemon_exits_1_and_says_what_to_do(
         (["bogus"], "invalid choice"),
         (["-x"], "use --json"),
         (["-i", "-x"], "use --json"),
-        (["-c"], "needs peer sync"),
+        (["-c", "bogus"], "expected one of"),
+        (["notify", "master"], "invalid choice"),
         (["-s", "nonsense"], "expected one of"),
         (["dump"], "the following arguments are required"),
     ],
@@ -311,3 +342,41 @@ def test_json_logs_are_one_object_per_line(capsys: pytest.CaptureFixture[str]) -
         assert rec["logger"] == "nfsyncd.test" and rec["ts"].endswith("Z")
     finally:
         setup_logging("info", "text")
+
+
+def test_conntrackd_sync_flags_map_to_daemon_commands(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """primary-backup.sh's calls (-c -f -R -B / -t -n) reach the daemon as commands, print
+    nothing (as conntrackd's client) and exit 0."""
+    sock = str(fake.path)
+    cases = [
+        (["-c"], {"cmd": "commit", "what": "all"}),
+        (["-c", "exp"], {"cmd": "commit", "what": "expect"}),
+        (["-F", "ct"], {"cmd": "flush-kernel", "what": "ct"}),
+        (["-B"], {"cmd": "bulk"}),
+        (["-n"], {"cmd": "request-resync"}),
+        (["-t"], {"cmd": "purge"}),
+    ]
+    for argv, request in cases:
+        code, out, err = run(capsys, "--socket", sock, *argv)
+        assert (code, out, err) == (0, "", ""), argv
+        assert fake.requests[-1] == request
+
+
+def test_sync_subcommands_say_what_happened(
+    fake: FakeDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sock = str(fake.path)
+    code, out, _ = run(capsys, "--socket", sock, "commit")
+    assert code == 0
+    assert out == (
+        "committed 10 flows (2 related) and 3 expectations in 0.01s; failed: 1 flows, "
+        "0 expectations (EEXIST: 1)\n"
+    )
+    code, out, _ = run(capsys, "--socket", sock, "notify", "primary")
+    assert fake.requests[-1] == {"cmd": "notify", "role": "primary"}
+    assert out.startswith("now primary (0.05s); committed 10 flows and 3 expectations, 1 failed")
+    assert "sending 13 entries to the peer" in out
+    code, out, _ = run(capsys, "--socket", sock, "--json", "purge")
+    assert json.loads(out) == {"purge_in": 60.0}

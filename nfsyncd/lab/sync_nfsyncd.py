@@ -1,0 +1,337 @@
+"""Run the real nfsyncd with peer sync in a lab namespace, behind the same small interface
+as :class:`~nfsyncd.lab.sync_conntrackd.Conntrackd`, so a test or a benchmark can take
+either daemon (or one of each: an interop pair) as a parameter.
+
+The config is the TOML an operator would write; commands go through ``nfsyncctl`` (the
+real CLI, :meth:`Nfsyncd.ctl`) or, for cheap polling, straight over the control socket with
+the CLI's own client class (JSON lines, no process spawn).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any, Literal
+
+from ..ctl import Client, CtlError
+from .netns import Netns
+from .sync_conntrackd import _as_links  # same link scheme as conntrackd's harness
+from .sync_lab import (
+    FlowKey,
+    PeerLink,
+    Transport,
+    json_flow_key,
+    proc_cpu_seconds,
+    proc_rss,
+    wait_for,
+)
+
+__all__ = ["Nfsyncd", "NfsyncdError"]
+
+Mode = Literal["ftfw", "alarm", "notrack"]
+_UNIX_PATH_MAX = 107
+_SOCKET_BUFFER = 8 * 1024 * 1024
+
+
+class NfsyncdError(RuntimeError):
+    """nfsyncd did not start, or a command failed; carries the log tail."""
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+class Nfsyncd:
+    """One nfsyncd process in ``ns`` with config, control socket and log in ``dir``.
+
+    Mirrors :class:`~nfsyncd.lab.sync_conntrackd.Conntrackd`'s arguments; ``extra_toml`` is
+    appended to the generated file (new tables only: TOML forbids reopening one).
+    ``metrics`` is the [metrics] listen value ("" = off).
+    """
+
+    kind = "nfsyncd"
+
+    def __init__(
+        self,
+        ns: Netns,
+        dir: Path,
+        *,
+        mode: Mode = "ftfw",
+        transport: Transport = "udp",
+        links: Sequence[PeerLink | tuple[str, str, str]],
+        port: int = 3780,
+        expectations: bool = False,
+        disable_external_cache: bool = False,
+        disable_internal_cache: bool = False,
+        startup_resync: bool = False,
+        commit_timeout: int | None = None,
+        refresh_time: int | None = None,
+        cache_timeout: int | None = None,
+        ignore_addresses: Sequence[str] = (),
+        socket_buffer: int = _SOCKET_BUFFER,
+        peer_version: str | None = None,
+        sync_options: dict[str, Any] | None = None,
+        extra_toml: str = "",
+        metrics: str = "",
+        log_level: str = "info",
+        python: str = sys.executable,
+        start: bool = True,
+        start_timeout: float = 30.0,
+    ) -> None:
+        self.ns = ns
+        self.dir = Path(dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.mode = mode
+        self.transport = transport
+        self.links = _as_links(links, port)
+        self.expectations = expectations
+        self.disable_external_cache = disable_external_cache
+        self.disable_internal_cache = disable_internal_cache
+        self.startup_resync = startup_resync
+        self.commit_timeout = commit_timeout
+        self.refresh_time = refresh_time
+        self.cache_timeout = cache_timeout
+        self.ignore_addresses = list(ignore_addresses)
+        self.socket_buffer = socket_buffer
+        self.peer_version = peer_version
+        self.sync_options = dict(sync_options or {})
+        self.extra_toml = extra_toml
+        self.metrics = metrics
+        self.log_level = log_level
+        self.python = python
+        self.config = self.dir / "nfsyncd.toml"
+        self.log = self.dir / "nfsyncd.log"
+        self._sock_dir: str | None = None
+        self.socket = self.dir / "control.sock"
+        if len(str(self.socket)) > _UNIX_PATH_MAX:
+            self._sock_dir = tempfile.mkdtemp(prefix="nfs-")
+            self.socket = Path(self._sock_dir) / "control.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_fh: IO[bytes] | None = None
+        self.config.write_text(self.config_text())
+        if start:
+            self.start(start_timeout)
+
+    # -- config ---------------------------------------------------------------------------
+
+    def config_text(self) -> str:
+        lines = [
+            "[general]",
+            f"control_socket = {_toml_str(str(self.socket))}",
+            f"log_level = {_toml_str(self.log_level)}",
+            'netlink_buffer_size = "64MiB"',
+            'netlink_buffer_max = "256MiB"',
+            "cache_limit = 524288",
+            "",
+            "[metrics]",
+            f"listen = {_toml_str(self.metrics)}",
+            "",
+        ]
+        ignore = ["127.0.0.1", "::1", *self.ignore_addresses]
+        lines += ["[filter.address]", f"ignore = {json.dumps(ignore)}", ""]
+        lines += ["[sync]", f"mode = {_toml_str(self.mode)}"]
+        if self.mode in ("ftfw", "notrack"):
+            if self.disable_external_cache:
+                lines.append("disable_external_cache = true")
+            if self.startup_resync:
+                lines.append("startup_resync = true")
+        if self.mode == "notrack" and self.disable_internal_cache:
+            lines.append("disable_internal_cache = true")
+        if self.mode == "alarm" and self.refresh_time is not None:
+            lines.append(f"refresh_time = {self.refresh_time}")
+        if self.cache_timeout is not None:
+            lines.append(f"cache_timeout = {self.cache_timeout}")
+        if self.commit_timeout is not None:
+            lines.append(f"commit_timeout = {self.commit_timeout}")
+        for key, value in self.sync_options.items():
+            lines.append(f"{key} = {json.dumps(value)}")
+        lines.append("")
+        for link in self.links:
+            lines += ["[[sync.links]]", f"transport = {_toml_str(self.transport)}"]
+            lines.append(f"interface = {_toml_str(link.interface)}")
+            lines.append(f"local = {_toml_str(link.local)}")
+            key = "group" if self.transport == "multicast" else "peer"
+            lines.append(f"{key} = {_toml_str(link.peer)}")
+            lines.append(f"port = {link.port}")
+            if link.default:
+                lines.append("default = true")
+            lines.append(f"sndbuf = {self.socket_buffer}")
+            lines.append(f"rcvbuf = {self.socket_buffer}")
+            if self.peer_version is not None:
+                lines.append(f"peer_version = {_toml_str(self.peer_version)}")
+            lines.append("")
+        lines += ["[expectations]", f"sync = {'true' if self.expectations else 'false'}", ""]
+        return "\n".join(lines) + self.extra_toml
+
+    # -- process --------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise NfsyncdError("nfsyncd is not started")
+        return self.proc.pid
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start ``python -m nfsyncd.daemon -C conf``; return once ``status`` says ready."""
+        if self.alive:
+            raise NfsyncdError("nfsyncd is already running")
+        self._log_fh = self.log.open("ab")
+        self.proc = self.ns.popen(
+            self.python,
+            "-m",
+            "nfsyncd.daemon",
+            "-C",
+            str(self.config),
+            stdout=self._log_fh,
+            stderr=subprocess.STDOUT,
+            cwd=str(Path(__file__).resolve().parents[2]),
+        )
+
+        def ready() -> bool:
+            if not self.alive:
+                rc = self.proc.returncode if self.proc else None
+                raise NfsyncdError(f"nfsyncd exited with {rc}:\n{self.log_text()}")
+            try:
+                return bool(self.status().get("ready"))
+            except (OSError, CtlError):
+                return False
+
+        try:
+            wait_for(ready, timeout=timeout, interval=0.05, what="nfsyncd to become ready")
+        except TimeoutError as exc:
+            self.stop()
+            raise NfsyncdError(f"{exc}\n{self.log_text()}") from None
+
+    def stop(self, grace: float = 10.0) -> int | None:
+        """SIGTERM by PID, then SIGKILL after ``grace`` s. Returns the exit status."""
+        rc: int | None = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(grace)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            rc = self.proc.returncode
+        if self._log_fh is not None:
+            self._log_fh.close()
+            self._log_fh = None
+        return rc
+
+    def close(self) -> None:
+        self.stop()
+        if self._sock_dir is not None:
+            for leftover in Path(self._sock_dir).iterdir():
+                leftover.unlink(missing_ok=True)
+            Path(self._sock_dir).rmdir()
+            self._sock_dir = None
+
+    def __enter__(self) -> Nfsyncd:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def log_text(self) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.log}\n{text[-6000:]}"
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def rss(self) -> int:
+        return proc_rss(self.pid)
+
+    # -- client ---------------------------------------------------------------------------
+
+    def ctl(
+        self, *args: str, check: bool = True, timeout: float = 120.0
+    ) -> subprocess.CompletedProcess[str]:
+        """``nfsyncctl --socket S ARGS`` as a separate process (the real CLI)."""
+        proc = subprocess.run(
+            [self.python, "-m", "nfsyncd.ctl", "--socket", str(self.socket), *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+        if check and proc.returncode != 0:
+            raise NfsyncdError(
+                f"nfsyncctl {' '.join(args)} exited {proc.returncode}: {proc.stderr}\n"
+                f"{self.log_text()}"
+            )
+        return proc
+
+    def ctl_json(self, *args: str, timeout: float = 120.0) -> Any:
+        return json.loads(self.ctl("--json", *args, timeout=timeout).stdout)
+
+    def _client(self, timeout: float = 120.0) -> Client:
+        return Client(str(self.socket), timeout)
+
+    def call(self, cmd: str, **args: Any) -> dict[str, Any]:
+        """One control request over the socket, in process (cheap); the final reply object."""
+        return self._client().call(cmd, **args)
+
+    def status(self) -> dict[str, Any]:
+        return self.call("status")
+
+    def stats(self, section: str | None = None) -> dict[str, Any]:
+        stats: dict[str, Any] = self.call("stats", section=section).get("stats", {})
+        return stats
+
+    def dump(self, cache: Literal["internal", "external"], what: str = "ct") -> list[Any]:
+        items = list(self._client().request("dump", cache=cache, what=what))
+        return [i for i in items if not ("ok" in i and "count" in i)]
+
+    def internal_keys(self) -> set[FlowKey]:
+        return {json_flow_key(i) for i in self.dump("internal")}
+
+    def external_keys(self) -> set[FlowKey]:
+        return {json_flow_key(i) for i in self.dump("external")}
+
+    def external_count(self) -> int:
+        """``status`` → ``external.flows`` (0 until the daemon reports an external cache)."""
+        ext = self.status().get("external") or {}
+        return int(ext.get("flows", 0))
+
+    def external_counters(self) -> dict[str, int]:
+        """``status`` → ``external``: at least ``flows``; created/updated/destroyed when the
+        daemon reports them."""
+        ext = self.status().get("external") or {}
+        return {k: int(v) for k, v in ext.items() if isinstance(v, int | float)}
+
+    def internal_count(self) -> int:
+        st = self.status()
+        internal = st.get("internal")
+        if isinstance(internal, dict):
+            return int(internal.get("flows", 0))
+        return int(st.get("flows", 0))
+
+    def commit(self) -> float:
+        """``nfsyncctl commit``: blocks until done; seconds taken."""
+        t0 = time.monotonic()
+        self.ctl("commit")
+        return time.monotonic() - t0
+
+    def connected(self) -> bool:
+        """Whether ``status`` → ``sync`` reports the link(s) usable (True if it does not say)."""
+        sync = self.status().get("sync") or {}
+        value = sync.get("connected", True)
+        return bool(value)
+
+    def wait_connected(self, timeout: float = 10.0) -> None:
+        wait_for(self.connected, timeout=timeout, what=f"nfsyncd sync links\n{self.log_text()}")
+
+    def info(self) -> dict[str, Any]:
+        return {"kind": self.kind, "pid": self.pid, "mode": self.mode, "config": str(self.config)}

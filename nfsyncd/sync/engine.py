@@ -1,0 +1,486 @@
+"""Peer sync for one daemon: wires the sync mode, the links and the receiving side together.
+
+Local changes come from the kernel mirror (:meth:`SyncEngine.sink`) and go through the sync
+mode (sequencing, acks, refreshes) to the active link; what the peer sends comes back from
+the links, through the mode (sequence tracking, control messages) to the external cache or,
+with ``disable_external_cache``, straight into the kernel.  The operations keepalived and
+operators need (commit, flush, bulk, resync requests, the purge timer, and the whole
+primary/backup/fault transition) live here, so the daemon only routes requests.
+
+Everything runs in the daemon's trio nursery; the mode itself is sans-IO, so its timers are
+driven from :meth:`_timers` with trio's clock.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from ..cache import Change, InternalCache, Origin
+from ..commit import CommitResult, commit, flush_kernel
+from ..config import Config, SyncConfig
+from ..external import ExternalCache
+from ..inject import Injector
+from ..kernel import Conntrack
+from ..mirror import KernelMirror
+from ..model import EventKind, Expectation, Flow
+from .links import LinkSet
+from .modes import SyncMode, make_mode
+from .wire import Encoder, Message, NetworkStats, pack_datagrams
+
+__all__ = ["ROLES", "SyncEngine", "TransitionResult"]
+
+log = logging.getLogger("nfsyncd.sync")
+
+ROLES = ("primary", "backup", "fault")
+#: a peer that sent nothing for this long (ftfw/notrack send at least one message a second)
+#: is considered unreachable
+PEER_TIMEOUT = 3.0
+#: the peer's bulk answer to our RESYNC is complete when no state message came for this long
+RESYNC_QUIET = 1.0
+_NEW = EventKind.NEW
+
+
+@dataclass(slots=True)
+class SyncStats:
+    datagrams_sent: int = 0
+    messages_sent: int = 0
+    send_failures: int = 0
+    data_received: int = 0
+    bulks: int = 0
+    bulk_objects: int = 0
+    resyncs_requested: int = 0
+    commits: int = 0
+    purges: int = 0
+    transitions: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True, frozen=True)
+class TransitionResult:
+    role: str
+    seconds: float
+    commit: dict[str, Any] | None
+    bulk: int
+    purge_in: float | None
+    resync_requested: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "role": self.role,
+            "seconds": round(self.seconds, 3),
+            "commit": self.commit,
+            "bulk": self.bulk,
+            "purge_in": self.purge_in,
+            "resync_requested": self.resync_requested,
+        }
+
+
+def _peer_version(sync: SyncConfig) -> tuple[int, int, int]:
+    """Every link reaches the same peer: emit only what the oldest configured version reads."""
+    return min(link.peer_version for link in sync.links)
+
+
+class SyncEngine:
+    def __init__(self, config: Config, cache: InternalCache, mirror: KernelMirror) -> None:
+        assert config.sync is not None, "SyncEngine needs a [sync] table"
+        self.config = config
+        self.sync: SyncConfig = config.sync
+        self.cache = cache
+        self.mirror = mirror
+        self.network = NetworkStats()
+        self.stats = SyncStats()
+        self.encoder = Encoder(
+            _peer_version(self.sync),
+            send_timeout=self.sync.commit_timeout is None,
+            tcp_window_tracking=self.sync.tcp_window_tracking,
+        )
+        self.mode: SyncMode = make_mode(
+            self.sync,
+            self.encoder,
+            clock=time.monotonic,
+            network=self.network,
+            lookup=self._lookup,
+        )
+        self.links = LinkSet(self.sync.links, default=self.sync.default_link, network=self.network)
+        self.external: ExternalCache | None = None
+        if not self.sync.disable_external_cache:
+            self.external = ExternalCache(
+                clock=time.monotonic,
+                timeout=self.sync.cache_timeout if self.sync.mode == "alarm" else None,
+                commit_timeout=self.sync.commit_timeout,
+                tcp_window_tracking=self.sync.tcp_window_tracking,
+                limit=config.general.cache_limit,
+            )
+        self.role = "unknown"
+        self.ready = trio.Event()  # links open
+        self.commit_ct: Conntrack | None = None
+        self.flush_ct: Conntrack | None = None
+        self.injector: Injector | None = None
+        self._inject_queue: list[Message] = []
+        self._inject_wake = trio.Event()
+        self._send_wake = trio.Event()
+        self._timer_wake = trio.Event()
+        self._purge_due: float | None = None
+        self._resync_sent: float | None = None
+        self._last_data: float | None = None
+        self._commit_lock = trio.Lock()
+        self._nursery: trio.Nursery | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        # Writing sockets first: their port ids tell the mirror which events we caused.
+        with Conntrack() as commit_ct, Conntrack() as flush_ct:
+            self.commit_ct, self.flush_ct = commit_ct, flush_ct
+            origins = self.cache.origins
+            origins[commit_ct.port_id] = Origin.COMMIT
+            origins[flush_ct.port_id] = Origin.FLUSH
+            inject_ct: Conntrack | None = None
+            try:
+                if self.sync.disable_external_cache:
+                    inject_ct = Conntrack()
+                    origins[inject_ct.port_id] = Origin.INJECT
+                    self.injector = Injector(
+                        inject_ct,
+                        commit_timeout=self.sync.commit_timeout,
+                        tcp_window_tracking=self.sync.tcp_window_tracking,
+                    )
+                await self.links.open()
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(self.links.run, self._deliver)
+                    nursery.start_soon(self._sender)
+                    nursery.start_soon(self._timers)
+                    if self.injector is not None:
+                        nursery.start_soon(self._injecting)
+                    if self.sync.startup_resync:
+                        self.request_resync()
+                    self.ready.set()
+                    log.info(
+                        "peer sync: %s over %s; active link %s",
+                        self.sync.mode,
+                        ", ".join(f"{ln.transport}/{ln.interface}" for ln in self.sync.links),
+                        self.sync.links[self.links.active].interface,
+                    )
+                    task_status.started()
+            finally:
+                self.links.close()
+                if inject_ct is not None:
+                    origins.pop(inject_ct.port_id, None)
+                    inject_ct.close()
+                origins.pop(commit_ct.port_id, None)
+                origins.pop(flush_ct.port_id, None)
+
+    # -- local side -> peer --------------------------------------------------------------------
+    def sink(self, changes: list[Change]) -> None:
+        """The mirror's changes: queue them for the peer."""
+        self.mode.queue(changes)
+        self._send_wake.set()
+
+    def _lookup(self, obj: Flow | Expectation) -> Flow | Expectation | None:
+        """The current state of a cached object (ALARM refreshes re-read it)."""
+        if isinstance(obj, Flow):
+            return self.cache.get_flow(obj.orig, obj.zone)
+        return self.cache.get_expect(obj.tuple, obj.zone)
+
+    async def _sender(self) -> None:
+        while True:
+            await self._send_wake.wait()
+            self._send_wake = trio.Event()
+            await self.flush_output()
+
+    async def flush_output(self) -> int:
+        """Send whatever the mode has ready; returns the number of messages sent."""
+        sent = 0
+        while self.mode.has_output():
+            msgs = self.mode.output()
+            if not msgs:
+                break
+            for datagram in pack_datagrams(msgs, self.links.payload_size):
+                if await self.links.send(datagram):
+                    self.stats.datagrams_sent += 1
+                else:
+                    self.stats.send_failures += 1
+            sent += len(msgs)
+            self.stats.messages_sent += len(msgs)
+        self._timer_wake.set()  # sending re-armed the mode's timers
+        return sent
+
+    async def _timers(self) -> None:
+        # Every deadline is on time.monotonic (the mode's and the external cache's clock).
+        while True:
+            due = min(self._deadlines(), default=math.inf)
+            with trio.move_on_after(max(0.0, due - time.monotonic())):
+                await self._timer_wake.wait()
+            self._timer_wake = trio.Event()
+            now = time.monotonic()
+            if now >= due:
+                self.mode.tick()
+                if self.external is not None:
+                    self.external.expire()
+                if self._purge_due is not None and now >= self._purge_due:
+                    self._purge_due = None
+                    await self._purge()
+                if self.mode.has_output():
+                    await self.flush_output()
+
+    def _deadlines(self) -> Iterable[float]:
+        mode_due = self.mode.deadline()
+        if mode_due is not None:
+            yield mode_due
+        if self.external is not None:
+            expiry = self.external.next_expiry()
+            if expiry is not None:
+                yield expiry
+        if self._purge_due is not None:
+            yield self._purge_due
+
+    # -- peer -> local side --------------------------------------------------------------------
+    def _deliver(self, link: int, msgs: list[Message]) -> None:
+        data = self.mode.receive(msgs)
+        if data:
+            self.stats.data_received += len(data)
+            self._last_data = time.monotonic()
+            if self.external is not None:
+                self.external.apply(data)
+                self._timer_wake.set()  # maybe a new earliest expiry
+            else:
+                self._inject_queue.extend(data)
+                self._inject_wake.set()
+        if self.mode.resync_wanted:
+            self.mode.resync_wanted = False
+            log.info("resync requested by the peer: sending a bulk update")
+            self.bulk()
+        if self.mode.has_output():
+            self._send_wake.set()
+
+    async def _injecting(self) -> None:
+        assert self.injector is not None
+        while True:
+            await self._inject_wake.wait()
+            self._inject_wake = trio.Event()
+            while self._inject_queue:
+                batch, self._inject_queue = self._inject_queue, []
+                try:
+                    await self.injector.apply(batch)
+                except OSError as exc:
+                    log.error("injecting %d peer messages failed: %s", len(batch), exc)
+
+    # -- operations ------------------------------------------------------------------------------
+    def bulk(self) -> int:
+        """Queue every cached flow and expectation for the peer (conntrackd -B).
+
+        Without an internal cache, a kernel dump is sent instead (in the background; the
+        count returned is then 0)."""
+        if self.cache.bypass:
+            if self._nursery is not None:
+                self._nursery.start_soon(self.mirror.resync)
+            self.stats.bulks += 1
+            return 0
+        changes = [Change(_NEW, flow) for flow, _ in self.cache.flows()]
+        changes += [Change(_NEW, exp) for exp, _ in self.cache.expects()]
+        self.mode.queue(changes)
+        self._send_wake.set()
+        self.stats.bulks += 1
+        self.stats.bulk_objects += len(changes)
+        return len(changes)
+
+    def request_resync(self) -> bool:
+        """Ask the peer for its whole table (conntrackd -n); False in ALARM (no such message)."""
+        if not self.mode.request_resync():
+            return False
+        self.stats.resyncs_requested += 1
+        self._resync_sent = time.monotonic()
+        self._send_wake.set()
+        return True
+
+    async def commit(self, what: str = "all") -> CommitResult | None:
+        """Write the external cache into the kernel (conntrackd -c); None in inject mode."""
+        if self.external is None or self.commit_ct is None:
+            return None
+        async with self._commit_lock:
+            self.cancel_purge()
+            # An overrun may lose the events of our own commit; the resync that follows must
+            # still know these came from the peer (and not send them back).
+            if what in ("all", "ct"):
+                self.cache.mark_from_peer(self.external.flow_keys())
+            if what in ("all", "expect"):
+                self.cache.mark_from_peer(exp for exp, _ in self.external.expects())
+            result = await commit(self.external, self.commit_ct, what=what)
+        self.stats.commits += 1
+        log.info("commit (%s): %s", what, result.as_dict())
+        return result
+
+    def flush_external(self, what: str = "all") -> int:
+        return self.external.flush(what) if self.external is not None else 0
+
+    async def flush_kernel(self, *, expectations: bool | None = None) -> tuple[int, int]:
+        """Delete the kernel's flows the filter accepts, and expectations (conntrackd -F);
+        the deletions are not replicated (FLUSH origin)."""
+        assert self.flush_ct is not None, "flush_kernel before run()"
+        filt = self.cache.filter
+        accepts = filt.accepts_flow if filt.filters_flows else None
+        exps = self.config.expectations.sync if expectations is None else expectations
+        return await flush_kernel(self.flush_ct, accepts, expectations=exps)
+
+    def schedule_purge(self) -> float:
+        """Flush the kernel table after purge_timeout (conntrackd -t); calls do not stack."""
+        if self._purge_due is None:
+            self._purge_due = time.monotonic() + self.sync.purge_timeout
+            self._timer_wake.set()
+        return max(0.0, self._purge_due - time.monotonic())
+
+    def cancel_purge(self) -> bool:
+        pending = self._purge_due is not None
+        self._purge_due = None
+        return pending
+
+    @property
+    def purge_in(self) -> float | None:
+        if self._purge_due is None:
+            return None
+        return max(0.0, self._purge_due - time.monotonic())
+
+    async def _purge(self) -> None:
+        try:
+            flows, exps = await self.flush_kernel()
+        except OSError as exc:
+            log.error("purge of the kernel table failed: %s", exc)
+            return
+        self.cache.flush()
+        self.stats.purges += 1
+        log.info("purge: deleted %d flows and %d expectations from the kernel", flows, exps)
+
+    async def transition(self, role: str) -> TransitionResult:
+        """keepalived's notify, in one step and without race windows.
+
+        primary: commit the peer's state (masters, related flows, expectations), forget the
+        external cache, re-read the kernel so the internal cache holds the committed flows,
+        and bulk-send everything so the new backup learns the table.  backup: purge the
+        kernel after purge_timeout and ask the new primary for its table.  fault: purge.
+        Returns once the new state is in the kernel (the bulk is queued, not awaited).
+        """
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+        start = time.monotonic()
+        committed: dict[str, Any] | None = None
+        bulk = 0
+        resync = False
+        purge_in: float | None = None
+        if role == "primary":
+            self.cancel_purge()
+            result = await self.commit("all")
+            committed = result.as_dict() if result is not None else None
+            self.flush_external("all")
+            await self.mirror.resync(replicate=False)
+            bulk = self.bulk()
+        else:
+            purge_in = self.schedule_purge()
+            if role == "backup":
+                resync = self.request_resync()
+        self.role = role
+        self.stats.transitions[role] = self.stats.transitions.get(role, 0) + 1
+        seconds = time.monotonic() - start
+        log.info(
+            "transition to %s done in %.3fs%s", role, seconds, f": {committed}" if committed else ""
+        )
+        return TransitionResult(role, seconds, committed, bulk, purge_in, resync)
+
+    # -- state for status, readiness and metrics --------------------------------------------
+    def peer_reachable(self) -> bool:
+        last = self.mode.last_receive
+        if self.sync.mode == "alarm":
+            return True  # ALARM has no keepalive: silence is normal
+        return last is not None and time.monotonic() - last < PEER_TIMEOUT
+
+    def initial_sync_done(self) -> bool:
+        if self._resync_sent is None:
+            return True
+        last = self._last_data
+        now = time.monotonic()
+        quiet_since = self._resync_sent if last is None or last < self._resync_sent else last
+        return self.peer_reachable() and now - quiet_since >= RESYNC_QUIET
+
+    def in_sync(self) -> tuple[bool, str]:
+        if not self.ready.is_set():
+            return False, "sync links not open yet"
+        if not self.peer_reachable():
+            return False, f"peer not reachable (nothing received for {PEER_TIMEOUT:g}s)"
+        if not self.initial_sync_done():
+            return False, "initial resync from the peer in progress"
+        return True, "peer reachable and in sync"
+
+    def status(self) -> dict[str, Any]:
+        last = self.mode.last_receive
+        ok, why = self.in_sync() if self.ready.is_set() else (False, "starting")
+        ext = self.external
+        return {
+            "mode": self.sync.mode,
+            "role": self.role,
+            "in_sync": ok,
+            "state": why,
+            "connected": self.connected(),
+            "peer_last_heard": None if last is None else round(time.monotonic() - last, 3),
+            "hello_done": self.mode.hello_done,
+            "active_link": self.sync.links[self.links.active].interface,
+            "links": len(self.sync.links),
+            "external_cache": ext is not None,
+            "purge_in": None if self.purge_in is None else round(self.purge_in, 1),
+        }
+
+    def external_counts(self) -> dict[str, int]:
+        """Sizes of the external cache and what arrived into it (or was injected)."""
+        source = self.external if self.external is not None else self.injector
+        stats = source.stats_dict() if source is not None else {}
+        counts: dict[str, int] = {
+            k: stats[k] for k in ("created", "updated", "deleted") if k in stats
+        }
+        if self.external is None:
+            return {"flows": 0, "expects": 0, **counts}
+        return {
+            "flows": self.external.flow_count(),
+            "expects": self.external.expect_count(),
+            **counts,
+        }
+
+    def connected(self) -> bool:
+        """Whether the active link can carry traffic now (TCP: both connections up)."""
+        info = self.links.channels[self.links.active].describe()
+        return all(info.get(side, "connected") == "connected" for side in ("server", "client"))
+
+    def stats_sections(self) -> dict[str, Any]:
+        s = self.stats
+        return {
+            "network": {
+                **self.network.conntrackd_view(self.sync.mode),
+                "lost": self.network.lost,
+                "before": self.network.before,
+                "unknown_attrs": dict(self.network.unknown_attrs),
+                "last_error": self.network.last_error,
+                "send_malformed": self.network.send_malformed,
+                "omitted_attrs": {str(k): v for k, v in self.encoder.omitted.items()},
+            },
+            "link": self.links.link_state(),
+            "queue": self.mode.stats_dict(),
+            "sync": {
+                "datagrams_sent": s.datagrams_sent,
+                "messages_sent": s.messages_sent,
+                "send_failures": s.send_failures,
+                "data_received": s.data_received,
+                "bulks": s.bulks,
+                "bulk_objects": s.bulk_objects,
+                "resyncs_requested": s.resyncs_requested,
+                "commits": s.commits,
+                "purges": s.purges,
+                "transitions": dict(s.transitions),
+                "link_switches": self.links.switches,
+            },
+            "external": self.external.stats_dict()
+            if self.external is not None
+            else (self.injector.stats_dict() if self.injector is not None else {}),
+        }

@@ -1,0 +1,265 @@
+"""FTFW, the reliable mode (reference §2.1, §10.5): windowed ACKs, NACK on a gap,
+retransmission from a resend queue, and the HELLO handshake that resets sequence state
+across restarts.
+
+Every sent data message and every sent ACK/NACK/RESYNC is kept in the resend queue
+(``rs``, ordered by seq) until the peer ACKs it; a NACK moves the range back to the tx
+queue, to go out again with new seqs.  Lost control messages are recovered the same way,
+which is what makes a one-shot NACK enough: when it is lost, the peer's next message
+reveals the gap and our NACK comes back.  An object lives in at most one of tx and rs, so
+a stale copy is never resent after a newer one.
+
+One deliberate refinement over conntrackd: only the first HELLO of a peer session (the
+peer's seq does not continue what we saw, or we had heard from an earlier incarnation)
+bypasses sequence tracking and empties the resend queue.  The further HELLO-flagged
+messages of the same session (a peer sets HELLO on everything until our HELLO_BACK
+arrives) are tracked and NACKed like any others, so a lossy start loses nothing.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, ClassVar
+
+from ._mode import (
+    CTL_ACK,
+    CTL_ALIVE,
+    CTL_NACK,
+    CTL_RESYNC,
+    HELLO,
+    HELLO_BACK,
+    Ctl,
+    Key,
+    Lookup,
+    Obj,
+    SyncMode,
+)
+from .attrs import Reason
+from .wire import SEQ_MASK, Encoder, Message, NetworkStats, SeqCounter, SeqTracker, SeqVerdict
+
+if TYPE_CHECKING:
+    from .._config_types import SyncConfig
+
+__all__ = ["FtfwMode"]
+
+_IN_SYNC = SeqVerdict.IN_SYNC
+_AFTER = SeqVerdict.AFTER
+_BEFORE = SeqVerdict.BEFORE
+
+#: resend-queue entry: seq, message type, payload (data) or b"", the control message or None
+RsEntry = tuple[int, int, bytes, Ctl | None]
+
+
+def _in_range(seq: int, first: int, last: int) -> bool:
+    return ((seq - first) & SEQ_MASK) <= ((last - first) & SEQ_MASK)
+
+
+def _after(a: int, b: int) -> bool:
+    return a != b and ((a - b) & SEQ_MASK) <= 0x7FFF_FFFF
+
+
+class FtfwMode(SyncMode):
+    name: ClassVar[str] = "ftfw"
+
+    def __init__(
+        self,
+        config: SyncConfig,
+        encoder: Encoder,
+        *,
+        clock: Callable[[], float],
+        seq: SeqCounter | None = None,
+        network: NetworkStats | None = None,
+        rng: random.Random | None = None,
+        lookup: Lookup | None = None,
+    ) -> None:
+        super().__init__(
+            config, encoder, clock=clock, seq=seq, network=network, rng=rng, lookup=lookup
+        )
+        self.hello_done = False
+        self.window_size = max(1, config.ack_window_size)
+        self.rs_limit = max(1, config.resend_queue_size)
+        self.tracker = SeqTracker()
+        self._rs: OrderedDict[Key, RsEntry] = OrderedDict()
+        self._window = self.window_size
+        self._range_start: int | None = None
+        self._hello_back = False  # set HELLO_BACK on the next message we send
+        self._peer_hello = False  # the peer's last message carried HELLO
+        self._on_queue = self._requeue
+        self.rs_dropped = 0
+        self.acks_recv = 0
+        self.nacks_recv = 0
+        self.resent = 0
+        self.hellos = 0
+        self.hello_msgs_recv = 0
+
+    # .. sending ............................................................................
+    def _requeue(self, key: Key, kind: int, obj: Obj) -> None:
+        # the object changed: a copy waiting for its ACK is stale now
+        if self._rs:
+            self._rs.pop(key, None)
+
+    def _out_flags(self) -> tuple[int, int]:
+        rest = 0 if self.hello_done else HELLO
+        return (rest | HELLO_BACK if self._hello_back else rest), rest
+
+    def _keep(self) -> OrderedDict[Key, RsEntry]:
+        return self._rs
+
+    def _sent_ctl(self, kind: int, seq: int, first: int, last: int) -> None:
+        super()._sent_ctl(kind, seq, first, last)
+        if kind != CTL_ALIVE:
+            self._rs[("ctl", seq)] = (seq, 10, b"", (kind, first, last))
+
+    def _after_output(self) -> None:
+        self._hello_back = False
+        rs = self._rs
+        extra = len(rs) - self.rs_limit
+        if extra > 0:
+            pop = rs.popitem
+            for _ in range(extra):
+                pop(last=False)
+            self.rs_dropped += extra
+
+    def _alive_fired(self) -> None:
+        start = self._range_start
+        last = self.tracker.last
+        if start is not None and last is not None:
+            self._ctl.append((CTL_ACK, start, last))
+            self._range_start = None
+            self._window = self.window_size
+        else:
+            self._ctl.append((CTL_ALIVE, 0, 0))
+
+    def forget(self) -> None:
+        super().forget()
+        self._rs.clear()
+
+    # .. receiving ..........................................................................
+    def receive(self, msgs: Iterable[Message]) -> list[Message]:
+        """Track the peer's seqs (ACK every W messages, NACK gaps), act on its control
+        messages, and return its data messages in order, except old or duplicate ones."""
+        out: list[Message] = []
+        tracker = self.tracker
+        net = self.network
+        now = self.clock()
+        ctl = self._ctl
+        for m in msgs:
+            self.last_receive = now
+            self.msgs_recv += 1
+            seq = m.seq
+            flags = m.flags
+            if flags & HELLO_BACK:
+                self.hello_done = True
+            counted = False
+            if flags & HELLO:
+                self.hello_msgs_recv += 1
+                self._hello_back = True
+                verdict = tracker.check(seq)
+                if self._peer_hello and (verdict is _IN_SYNC or verdict is _AFTER):
+                    verdict = tracker.check(seq, net)  # same session: count its gap
+                else:
+                    # a peer session starts: accept whatever its seq, and what was sent to
+                    # an earlier incarnation of the peer will never be ACKed
+                    self.hellos += 1
+                    if tracker.last is not None:
+                        self._rs.clear()
+                    start = self._range_start
+                    if start is not None and _after(start, seq):
+                        self._window = self.window_size - 1
+                        self._range_start = seq
+                        counted = True
+                    verdict = _IN_SYNC
+                self._peer_hello = True
+            else:
+                self._peer_hello = False
+                verdict = tracker.check(seq, net)
+            if verdict is _BEFORE:
+                continue
+            if verdict is _AFTER:
+                expected = (tracker.last + 1) & SEQ_MASK  # type: ignore[operator]
+                if self._range_start is not None:
+                    ctl.append((CTL_ACK, self._range_start, (expected - 1) & SEQ_MASK))
+                ctl.append((CTL_NACK, expected, (seq - 1) & SEQ_MASK))
+                self._digest(m, out)
+                self._range_start = seq
+                self._window = self.window_size - 1
+            else:
+                self._digest(m, out)
+                if self._range_start is None:
+                    self._range_start = seq
+                if not counted:
+                    self._window -= 1
+                if self._window <= 0:
+                    ctl.append((CTL_ACK, self._range_start, seq))
+                    self._window = self.window_size
+                    self._range_start = None
+            tracker.update(seq)
+        if self._hello_back and not ctl and not self._tx:
+            ctl.append((CTL_ALIVE, 0, 0))  # carries HELLO_BACK promptly
+        return out
+
+    def _digest(self, m: Message, out: list[Message]) -> None:
+        if m.type <= 5:
+            out.append(m)
+            return
+        flags = m.flags
+        if flags & CTL_ACK:
+            self.acks_recv += 1
+            self._ack(m.from_seq, m.to_seq)
+        if flags & CTL_NACK:
+            self.nacks_recv += 1
+            self._nack(m.from_seq, m.to_seq)
+        if flags & CTL_RESYNC:
+            self.resyncs_recv += 1
+            self.resync_wanted = True
+
+    def _range(self, first: int, last: int) -> list[Key]:
+        """Keys of the rs entries with seq in [first, last] (rs is ordered by seq)."""
+        keys: list[Key] = []
+        for key, entry in self._rs.items():
+            s = entry[0]
+            if _in_range(s, first, last):
+                keys.append(key)
+            elif _after(s, last):
+                break
+        return keys
+
+    def _ack(self, first: int, last: int) -> None:
+        if _after(first, last):
+            self.network.count(Reason.MALFORMED_HEADER)
+            return
+        rs = self._rs
+        for key in self._range(first, last):
+            del rs[key]
+
+    def _nack(self, first: int, last: int) -> None:
+        if _after(first, last):
+            self.network.count(Reason.MALFORMED_HEADER)
+            return
+        rs = self._rs
+        tx = self._tx
+        for key in self._range(first, last):
+            _, mtype, payload, ctl = rs.pop(key)
+            if ctl is not None:
+                self._ctl.append(ctl)
+            else:
+                tx[key] = (mtype, None, payload)
+            self.resent += 1
+
+    # .. stats ..............................................................................
+    def stats_dict(self) -> dict[str, int | float | bool | str]:
+        d = super().stats_dict()
+        d.update(
+            rs_queue=len(self._rs),
+            rs_dropped=self.rs_dropped,
+            acks_sent=self.acks_sent,
+            acks_recv=self.acks_recv,
+            nacks_sent=self.nacks_sent,
+            nacks_recv=self.nacks_recv,
+            resent=self.resent,
+            hellos=self.hellos,
+            hello_msgs_recv=self.hello_msgs_recv,
+        )
+        return d
