@@ -5,7 +5,8 @@ dump, so nothing that happens during the dump is missed; the dump is reconciled 
 cache while event handling is paused (the events queue up in the socket buffer and are
 applied afterwards, in order, so a flow destroyed during the dump does not come back as a
 ghost).  An overrun (the kernel dropped events for us) doubles the socket buffer up to its
-configured ceiling and schedules a resync; polling mode replaces events with periodic dumps
+configured ceiling and schedules a resync (once the backlog is read, or after the configured
+delay, whichever comes first); polling mode replaces events with periodic dumps
 for kernels that have none.
 
 Every change that must reach a peer goes to ``sink`` (the sync layer plugs in there).
@@ -30,6 +31,10 @@ __all__ = ["KernelMirror", "MirrorStats", "ResyncResult"]
 log = logging.getLogger("nfsyncd.mirror")
 
 Sink = Callable[[list[Change]], None]
+#: after an overrun, resync this long after the event backlog has been read, when that is
+#: sooner than general.overrun_resync_delay (the lost events are then repaired in about a
+#: second rather than half a minute; a storm still going on only gets one resync at a time)
+CAUGHT_UP_DELAY = 1.0
 
 
 @dataclass(slots=True)
@@ -76,6 +81,7 @@ class KernelMirror:
         self._lock = trio.Lock()  # held by a resync: event batches wait for it
         self._resync_due: float | None = None
         self._wake = trio.Event()
+        self._caught_up_resync = False
 
     @property
     def polling(self) -> bool:
@@ -122,6 +128,11 @@ class KernelMirror:
                     continue
                 self.stats.events += len(batch)
                 changes = self.cache.apply_events(batch)
+                if self._caught_up_resync and len(batch) < self.config.general.event_batch_limit:
+                    # The backlog is read (a short batch): the kernel delivers events again,
+                    # so the resync need not wait out the whole overrun delay.
+                    self._caught_up_resync = False
+                    self.schedule_resync(CAUGHT_UP_DELAY)
             if changes and self.sink is not None:
                 self.sink(changes)
 
@@ -142,6 +153,7 @@ class KernelMirror:
         )
         if delay is not None:
             self.schedule_resync(delay)
+            self._caught_up_resync = delay > CAUGHT_UP_DELAY
 
     def schedule_resync(self, delay: float) -> None:
         due = trio.current_time() + delay

@@ -340,6 +340,7 @@ class SyncLab:
                 self._add_traffic_side(side)
             for side in self._sides.values():
                 side.fw.nft(self._lab_ruleset(notrack_sync))
+            self.wait_links_running()
         except BaseException:
             self.close()
             raise
@@ -464,6 +465,26 @@ class SyncLab:
     def link_up(self, i: int, fw: FW | Literal["both"] = "both") -> None:
         for name in ("fw1", "fw2") if fw == "both" else (fw,):
             self.ns(name).ip("link", "set", self.links[i].ifname, "up")
+        if fw == "both":
+            self.wait_links_running([i])
+
+    def wait_links_running(
+        self, indexes: Iterable[int] | None = None, timeout: float = 10.0
+    ) -> None:
+        """Wait until sync links have carrier at both ends: a fresh veth settles its carrier
+        for up to a second, and a daemon started meanwhile takes it for NO-CARRIER."""
+        names = [
+            self.links[i].ifname for i in (range(len(self.links)) if indexes is None else indexes)
+        ]
+
+        def running() -> bool:
+            return all(
+                "state UP" in self.ns(fw).run("ip", "-o", "link", "show", name).stdout
+                for fw in ("fw1", "fw2")
+                for name in names
+            )
+
+        wait_for(running, timeout=timeout, interval=0.05, what="the sync links to be RUNNING")
 
     # -- ctnetlink ------------------------------------------------------------------------
 

@@ -43,7 +43,11 @@ ROLES = ("primary", "backup", "fault")
 #: is considered unreachable
 PEER_TIMEOUT = 3.0
 #: the peer's bulk answer to our RESYNC is complete when no state message came for this long
+#: (the protocol has no end-of-bulk message) ...
 RESYNC_QUIET = 1.0
+#: ... or, from a peer whose table never stops changing, this long after it first answered
+#: (a bulk of a million entries takes a few seconds at the measured rates)
+RESYNC_MAX = 5.0
 _NEW = EventKind.NEW
 
 
@@ -127,7 +131,10 @@ class SyncEngine:
         self._send_wake = trio.Event()
         self._timer_wake = trio.Event()
         self._purge_due: float | None = None
+        # a RESYNC we sent whose answer is not complete yet: when we sent it, and when the
+        # peer was first heard from after that (None: not yet)
         self._resync_sent: float | None = None
+        self._resync_heard: float | None = None
         self._last_data: float | None = None
         self._commit_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
@@ -195,7 +202,11 @@ class SyncEngine:
             await self.flush_output()
 
     async def flush_output(self) -> int:
-        """Send whatever the mode has ready; returns the number of messages sent."""
+        """Send whatever the mode has ready; returns the number of messages sent.
+
+        Only the sender task calls this: sequence numbers are taken in :meth:`output`, so
+        two tasks sending at once would put them on the wire out of order (and the peer
+        would drop the "before" ones and ask for them again)."""
         sent = 0
         while self.mode.has_output():
             msgs = self.mode.output()
@@ -227,7 +238,7 @@ class SyncEngine:
                     self._purge_due = None
                     await self._purge()
                 if self.mode.has_output():
-                    await self.flush_output()
+                    self._send_wake.set()
 
     def _deadlines(self) -> Iterable[float]:
         mode_due = self.mode.deadline()
@@ -242,10 +253,15 @@ class SyncEngine:
 
     # -- peer -> local side --------------------------------------------------------------------
     def _deliver(self, link: int, msgs: list[Message]) -> None:
+        now = time.monotonic()
+        # (settled is checked before this batch counts: a quiet gap may just have ended)
+        pending = self._resync_sent is not None and not self._resync_settled(now)
+        if pending and self._resync_heard is None:
+            self._resync_heard = now
         data = self.mode.receive(msgs)
         if data:
             self.stats.data_received += len(data)
-            self._last_data = time.monotonic()
+            self._last_data = now
             if self.external is not None:
                 self.external.apply(data)
                 self._timer_wake.set()  # maybe a new earliest expiry
@@ -296,6 +312,7 @@ class SyncEngine:
             return False
         self.stats.resyncs_requested += 1
         self._resync_sent = time.monotonic()
+        self._resync_heard = None
         self._send_wake.set()
         return True
 
@@ -399,12 +416,24 @@ class SyncEngine:
         return last is not None and time.monotonic() - last < PEER_TIMEOUT
 
     def initial_sync_done(self) -> bool:
-        if self._resync_sent is None:
-            return True
+        return self._resync_sent is None or self._resync_settled(time.monotonic())
+
+    def _resync_settled(self, now: float) -> bool:
+        """Whether the answer to our last RESYNC is complete; once it is, it stays so (until
+        the next request): later state messages are live changes, not a missing bulk.
+
+        Quiet is counted from when the peer was first heard after the request, so a request
+        made while the peer was away does not look answered by its silence."""
+        heard = self._resync_heard
+        if heard is None:
+            return False
         last = self._last_data
-        now = time.monotonic()
-        quiet_since = self._resync_sent if last is None or last < self._resync_sent else last
-        return self.peer_reachable() and now - quiet_since >= RESYNC_QUIET
+        quiet_since = heard if last is None or last < heard else last
+        if now - quiet_since < RESYNC_QUIET and now - heard < RESYNC_MAX:
+            return False
+        self._resync_sent = self._resync_heard = None
+        log.info("the peer's answer to our resync request is complete")
+        return True
 
     def in_sync(self) -> tuple[bool, str]:
         if not self.ready.is_set():

@@ -14,14 +14,23 @@ peer's seq does not continue what we saw, or we had heard from an earlier incarn
 bypasses sequence tracking and empties the resend queue.  The further HELLO-flagged
 messages of the same session (a peer sets HELLO on everything until our HELLO_BACK
 arrives) are tracked and NACKed like any others, so a lossy start loses nothing.
+
+A second one: a message still unacknowledged :data:`RESEND_AFTER` seconds after it was sent
+goes out again by itself (as if NACKed; the wire is unchanged, a conntrackd peer sees an
+ordinary retransmission).  NACK-driven recovery alone can stall for good under heavy loss:
+what was lost before the first message a peer session accepted (it bypasses sequence
+tracking) is never NACKed, nor is a NACK whose loss the peer noticed only after the first
+HELLO it accepted; those entries would sit in the resend queue forever while the peer
+misses the flows.  The timer only runs while the peer is heard from, so a dead link does
+not turn the resend queue into a send storm.
 """
 
 from __future__ import annotations
 
 import random
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from ._mode import (
     CTL_ACK,
@@ -42,7 +51,12 @@ from .wire import SEQ_MASK, Encoder, Message, NetworkStats, SeqCounter, SeqTrack
 if TYPE_CHECKING:
     from .._config_types import SyncConfig
 
-__all__ = ["FtfwMode"]
+__all__ = ["RESEND_AFTER", "FtfwMode"]
+
+#: seconds a sent message may wait for its ACK before it is resent without a NACK: well
+#: above the peer's ACK delay (every W messages, or its 1 s ALIVE/ACK timer) and a busy
+#: peer's pauses, since a spurious resend costs a whole unacked window of traffic
+RESEND_AFTER: Final = 5.0
 
 _IN_SYNC = SeqVerdict.IN_SYNC
 _AFTER = SeqVerdict.AFTER
@@ -87,10 +101,14 @@ class FtfwMode(SyncMode):
         self._hello_back = False  # set HELLO_BACK on the next message we send
         self._peer_hello = False  # the peer's last message carried HELLO
         self._on_queue = self._requeue
+        self.resend_after = RESEND_AFTER
+        #: (time sent, last seq of that output batch), oldest first, for the resend timer
+        self._sent_marks: deque[tuple[float, int]] = deque()
         self.rs_dropped = 0
         self.acks_recv = 0
         self.nacks_recv = 0
         self.resent = 0
+        self.timer_resent = 0
         self.hellos = 0
         self.hello_msgs_recv = 0
 
@@ -121,6 +139,8 @@ class FtfwMode(SyncMode):
             for _ in range(extra):
                 pop(last=False)
             self.rs_dropped += extra
+        if rs:
+            self._sent_marks.append((self.clock(), (self.seq.next_seq - 1) & SEQ_MASK))
 
     def _alive_fired(self) -> None:
         start = self._range_start
@@ -135,6 +155,45 @@ class FtfwMode(SyncMode):
     def forget(self) -> None:
         super().forget()
         self._rs.clear()
+        self._sent_marks.clear()
+
+    # .. the resend timer ...................................................................
+    def _resend_due(self) -> float | None:
+        """When the oldest unacknowledged message is due for a resend (None: nothing waits)."""
+        rs = self._rs
+        marks = self._sent_marks
+        if not rs:
+            marks.clear()
+            return None
+        front = next(iter(rs.values()))[0]
+        while marks and _after(front, marks[0][1]):  # that batch is acked (or resent) already
+            marks.popleft()
+        return marks[0][0] + self.resend_after if marks else None
+
+    def deadline(self) -> float | None:
+        alive = super().deadline()
+        due = self._resend_due()
+        if due is None:
+            return alive
+        return due if alive is None else min(alive, due)
+
+    def tick(self) -> None:
+        super().tick()
+        due = self._resend_due()
+        now = self.clock()
+        if due is None or now < due:
+            return
+        marks = self._sent_marks
+        cutoff = marks[0][1]
+        while marks and marks[0][0] + self.resend_after <= now:
+            cutoff = marks.popleft()[1]
+        last = self.last_receive
+        if last is None or now - last >= self.resend_after:
+            # a silent peer: look again later rather than resend into the void
+            marks.appendleft((now, cutoff))
+            return
+        front = next(iter(self._rs.values()))[0]
+        self.timer_resent += self._resend(front, cutoff)
 
     # .. receiving ..........................................................................
     def receive(self, msgs: Iterable[Message]) -> list[Message]:
@@ -238,15 +297,20 @@ class FtfwMode(SyncMode):
         if _after(first, last):
             self.network.count(Reason.MALFORMED_HEADER)
             return
+        self.resent += self._resend(first, last)
+
+    def _resend(self, first: int, last: int) -> int:
+        """Move the rs entries with seq in [first, last] back to the queues; how many."""
         rs = self._rs
         tx = self._tx
-        for key in self._range(first, last):
+        keys = self._range(first, last)
+        for key in keys:
             _, mtype, payload, ctl = rs.pop(key)
             if ctl is not None:
                 self._ctl.append(ctl)
             else:
                 tx[key] = (mtype, None, payload)
-            self.resent += 1
+        return len(keys)
 
     # .. stats ..............................................................................
     def stats_dict(self) -> dict[str, int | float | bool | str]:
@@ -259,6 +323,7 @@ class FtfwMode(SyncMode):
             nacks_sent=self.nacks_sent,
             nacks_recv=self.nacks_recv,
             resent=self.resent,
+            timer_resent=self.timer_resent,
             hellos=self.hellos,
             hello_msgs_recv=self.hello_msgs_recv,
         )

@@ -6,7 +6,9 @@ The active link starts as the configured default.  It changes for two reasons:
   the first other link that is UP or RUNNING takes over (conntrackd's looser test for the
   candidate), or, when there is none, we say so and keep the current one;
 * the peer sent a data or control message on another link: the peer has switched, so we
-  follow it and both ends converge on the same link.
+  follow it and both ends converge on the same link.  Not onto a link without carrier,
+  though: datagrams still queued on a link that just went down would otherwise pull the
+  sender back onto it, where every send fails and no link event comes to undo it.
 
 Link state comes from an ``RTMGRP_LINK`` netlink socket read by trio; pyroute2 decodes the
 ``ifinfomsg`` messages (its own I/O would block or need asyncio).  The initial state is one
@@ -221,7 +223,11 @@ class LinkSet:
                 return
             if not msgs:
                 continue
-            if index != self.active and any(m.is_data or m.type == MsgType.CTL for m in msgs):
+            if (
+                index != self.active
+                and self._usable(index, IFF_RUNNING)
+                and any(m.is_data or m.type == MsgType.CTL for m in msgs)
+            ):
                 self._switch(index, "traffic from peer")
             deliver(index, msgs)
 
