@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import batch_create, codec, kernel_events, memory
+from bench import batch_create, codec, kernel_events, memory, sync
 from bench._common import Result, save
 
 
@@ -39,6 +39,7 @@ def main() -> int:
         ("batched create", batch_create),
         ("kernel events", kernel_events),
         ("memory", memory),
+        ("peer sync", sync),
     ):
         print(f"==> {title} ...", flush=True)
         results = module.main()
