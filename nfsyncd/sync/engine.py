@@ -130,6 +130,7 @@ class SyncEngine:
         self._inject_wake = trio.Event()
         self._send_wake = trio.Event()
         self._timer_wake = trio.Event()
+        self._timer_due = -math.inf  # what the timer task sleeps until (none yet: wake it)
         self._purge_due: float | None = None
         # a RESYNC we sent whose answer is not complete yet: when we sent it, and when the
         # peer was first heard from after that (None: not yet)
@@ -219,13 +220,19 @@ class SyncEngine:
                     self.stats.send_failures += 1
             sent += len(msgs)
             self.stats.messages_sent += len(msgs)
-        self._timer_wake.set()  # sending re-armed the mode's timers
+        self._retime()  # sending re-armed the mode's timers (maybe new ALARM refreshes)
         return sent
+
+    def _retime(self) -> None:
+        """Wake the timer task only when a deadline earlier than the one it sleeps for
+        appeared; a later one is picked up when it wakes (this runs per datagram)."""
+        if min(self._deadlines(), default=math.inf) < self._timer_due:
+            self._timer_wake.set()
 
     async def _timers(self) -> None:
         # Every deadline is on time.monotonic (the mode's and the external cache's clock).
         while True:
-            due = min(self._deadlines(), default=math.inf)
+            due = self._timer_due = min(self._deadlines(), default=math.inf)
             with trio.move_on_after(max(0.0, due - time.monotonic())):
                 await self._timer_wake.wait()
             self._timer_wake = trio.Event()
@@ -264,7 +271,7 @@ class SyncEngine:
             self._last_data = now
             if self.external is not None:
                 self.external.apply(data)
-                self._timer_wake.set()  # maybe a new earliest expiry
+                self._retime()  # maybe a first entry to expire
             else:
                 self._inject_queue.extend(data)
                 self._inject_wake.set()
