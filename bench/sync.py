@@ -40,9 +40,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._common import RESULTS, Result, save
-from nfsyncd.lab.sync_conntrackd import Conntrackd
+from nfsyncd.lab.sync_daemons import start_sync_daemon
 from nfsyncd.lab.sync_lab import FW, SyncDaemon, SyncLab
-from nfsyncd.lab.sync_nfsyncd import Nfsyncd
 
 BURSTS = (1_000, 10_000, 100_000)
 DAEMONS = ("conntrackd", "nfsyncd")
@@ -50,17 +49,7 @@ POLL = 0.01
 
 
 def start(kind: str, lab: SyncLab, fw: FW, directory: Path, options: dict[str, Any]) -> SyncDaemon:
-    transport = options.get("transport", "udp")
-    common: dict[str, Any] = {
-        "links": lab.peer_links(fw, transport),
-        "ignore_addresses": lab.sync_addresses(),
-        **options,
-    }
-    if kind == "conntrackd":
-        return Conntrackd(lab.ns(fw), directory, **common)
-    if kind == "nfsyncd":
-        return Nfsyncd(lab.ns(fw), directory, **common)
-    raise ValueError(f"unknown daemon kind {kind!r}")
+    return start_sync_daemon(kind, lab, fw, directory, **options)
 
 
 @dataclass

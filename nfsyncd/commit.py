@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from ._record import unpack_key
-from .model import IPPROTO_TCP, Expectation, Flow, Status, TcpFlags, TcpInfo, Tuple
+from .model import IPPROTO_TCP, Expectation, Flow, TcpFlags, TcpInfo, Tuple
 from .netlink import ctnetlink as ct
 from .netlink._attrs import NLA_F_NESTED, attr
 from .netlink._socket import NLM_F_CREATE, NLM_F_EXCL, NetlinkError, Request
@@ -72,16 +72,6 @@ CHUNK: Final = 4096
 
 _LIBERAL_FLAGS: Final = TcpFlags(TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL)
 _LIBERAL_INFO: Final = TcpInfo(flags_orig=_LIBERAL_FLAGS, flags_reply=_LIBERAL_FLAGS)
-_CONFIRMED: Final = int(Status.CONFIRMED)
-# bits a create may carry; the kernel refuses to be told the others (NAT done, expected...)
-_SETTABLE: Final = int(
-    Status.SEEN_REPLY
-    | Status.ASSURED
-    | Status.CONFIRMED
-    | Status.SEQ_ADJUST
-    | Status.FIXED_TIMEOUT
-    | Status.HELPER
-)
 _NFGEN: Final = {4: ct.nfgenmsg(2), 16: ct.nfgenmsg(10)}  # AF_INET, AF_INET6
 _ATTR_HDR: Final = struct.Struct("=HH")
 _new: Final = tuple.__new__
@@ -140,10 +130,7 @@ def prepare_flow_rest(flow: Flow, *, tcp_window_tracking: bool = False) -> tuple
     added = 0
     if not tcp_window_tracking:
         flow, added = liberal(flow)
-    status = flow.status
-    if status is not None:
-        status = (status | _CONFIRMED) & _SETTABLE
-    rest = _new(Flow, (None, None, status, None, *flow[4:]))
+    rest = _new(Flow, (None, None, ct.create_status(flow.status), None, *flow[4:]))
     reply, orig = flow.reply, flow.orig
     if reply is None or (
         reply.src == orig.dst
@@ -335,17 +322,24 @@ def _count_deleted(outcomes: Sequence[NetlinkError | None]) -> int:
 
 
 async def flush_kernel(
-    conntrack: Conntrack, accepts: Callable[[Flow], bool] | None, *, expectations: bool
+    conntrack: Conntrack,
+    accepts: Callable[[Flow], bool] | None,
+    *,
+    expectations: bool,
+    flows: bool = True,
 ) -> tuple[int, int]:
     """Delete from the kernel every flow ``accepts`` takes (``None``: every flow, with the
     kernel's own flush), then every expectation if asked: conntrackd's ``-F`` and the
-    purge timer of ``-t``.  Returns (flows deleted, expectations deleted); with the real
-    flush the first is the table size just before it.  Deletions go through
-    ``conntrack``, whose port id the daemon registers as FLUSH so they are not synced.
+    purge timer of ``-t`` (``flows=False``: expectations only, ``-F expect``).  Returns
+    (flows deleted, expectations deleted); with the real flush the first is the table size
+    just before it.  Deletions go through ``conntrack``, whose port id the daemon registers
+    as FLUSH so they are not synced.
     """
-    flows = 0
-    if accepts is None:
-        flows = await conntrack.count()
+    deleted = 0
+    if not flows:
+        pass  # -F expect
+    elif accepts is None:
+        deleted = await conntrack.count()
         await conntrack.flush()
     else:
         # the dump must end before the deletes: both use the same socket
@@ -353,11 +347,11 @@ async def flush_kernel(
         async for chunk in conntrack.dump_chunks():
             doomed.extend(delete_flow_request(f.orig, f.zone) for f in chunk if accepts(f))
         for i in range(0, len(doomed), CHUNK):
-            flows += _count_deleted(await conntrack.write_many(doomed[i : i + CHUNK]))
+            deleted += _count_deleted(await conntrack.write_many(doomed[i : i + CHUNK]))
     exps = 0
     if expectations:
         # After the flows (deleting a master took its expectations with it), and with the
         # kernel's flush: a dump reports no zone, so a zoned one could not be named.
         exps = len(await conntrack.dump_expect())
         await conntrack.flush_expect()
-    return flows, exps
+    return deleted, exps

@@ -265,10 +265,10 @@ class Daemon:
             what = req.get("what", "all")
             if what not in ("all", "ct", "expect"):
                 raise ControlError(f"flush-kernel: what must be ct, expect or all, got {what!r}")
-            if what == "expect":
-                flows, exps = 0, await self._flush_kernel_expect(sync)
-            else:
-                flows, exps = await sync.flush_kernel(expectations=None if what == "all" else False)
+            flows, exps = await sync.flush_kernel(
+                flows=what != "expect",
+                expectations={"all": None, "ct": False, "expect": True}[what],
+            )
             return {"flows": flows, "expects": exps}
         if cmd == "bulk":
             return {"queued": sync.bulk()}
@@ -283,12 +283,6 @@ class Daemon:
             raise ControlError(f"notify: role must be one of {', '.join(_ROLES)}, got {role!r}")
         done = await sync.transition(role)
         return {"transition": done.as_dict()}
-
-    async def _flush_kernel_expect(self, sync: SyncEngine) -> int:
-        assert sync.flush_ct is not None
-        before = len(await sync.flush_ct.dump_expect())
-        await sync.flush_ct.flush_expect()
-        return before
 
     def status(self) -> JsonDict:
         st = self.mirror.stats

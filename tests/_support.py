@@ -17,6 +17,7 @@ from typing import NoReturn, TypeVar
 import pytest
 
 from nfsyncd.lab.netns import Netns
+from nfsyncd.lab.sync_lab import wait_for
 
 T = TypeVar("T")
 
@@ -69,14 +70,10 @@ def wait_until(
 
     Returns that value; fails the test with ``what`` and the deadline when it never comes.
     """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or probe!r}")
-        time.sleep(interval)
+    try:
+        return wait_for(probe, timeout=timeout, interval=interval, what=what)
+    except TimeoutError as exc:
+        pytest.fail(str(exc))
 
 
 @dataclass

@@ -477,10 +477,7 @@ def flow_create(flow: Flow, *, exclusive: bool = True) -> Request:
     if flow.timeout is None:
         raise ValueError("CTA_TIMEOUT: the kernel requires a timeout to create a flow")
     nat = nat_attrs(flow)
-    status = flow.status
-    if status is not None:
-        # The kernel refuses to set bits it owns (NAT done, expected, dying...).
-        status = (status | _CONFIRMED) & _SETTABLE_STATUS
+    status = create_status(flow.status)
     orig = flow.orig
     header = _NFGEN_BY_ADDR_LEN.get(len(orig.src))
     if header is None:  # the source address decides the family
@@ -506,12 +503,18 @@ _SETTABLE_STATUS: Final = int(
 )
 
 
+def create_status(status: int | None) -> int | None:
+    """The status a create or update may carry: CONFIRMED set (EBUSY otherwise), the bits
+    the kernel owns (NAT done, EXPECTED, DYING...) cleared."""
+    return None if status is None else (status | _CONFIRMED) & _SETTABLE_STATUS
+
+
 def flow_update(flow: Flow) -> Request:
     """Change a live flow's timeout, mark, status, labels or protoinfo.
 
     Only the original tuple identifies the flow; tuples, helper and NAT cannot change.
     """
-    status = None if flow.status is None else (flow.status | _CONFIRMED) & _SETTABLE_STATUS
+    status = create_status(flow.status)
     ident = flow._replace(reply=None, status=status, helper=None, master=None)
     return Request(CT_NEW, 0, nfgenmsg(flow.orig.family) + FLOW.encode(ident))
 

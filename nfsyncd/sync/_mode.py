@@ -123,6 +123,11 @@ class SyncMode:
         self.resyncs_sent = 0
         self.alives_sent = 0
         self.resyncs_recv = 0
+        self._setup()
+
+    def _setup(self) -> None:
+        """A mode's own state, made once the shared state exists (so subclasses need not
+        repeat the constructor's signature)."""
 
     # .. local changes ......................................................................
     def queue(self, changes: Iterable[Change]) -> None:

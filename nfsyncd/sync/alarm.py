@@ -11,15 +11,13 @@ surface, and the heap is rebuilt when stale entries outnumber live ones.
 from __future__ import annotations
 
 import heapq
-import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
-from ._mode import Key, Lookup, Obj, SyncMode
-from .wire import Encoder, Message, NetworkStats, SeqCounter
+from ._mode import Key, Obj, SyncMode
+from .wire import Message
 
 if TYPE_CHECKING:
-    from .._config_types import SyncConfig
     from ..cache import Change
 
 __all__ = ["AlarmMode"]
@@ -31,20 +29,8 @@ class AlarmMode(SyncMode):
     name: ClassVar[str] = "alarm"
     uses_alive: ClassVar[bool] = False
 
-    def __init__(
-        self,
-        config: SyncConfig,
-        encoder: Encoder,
-        *,
-        clock: Callable[[], float],
-        seq: SeqCounter | None = None,
-        network: NetworkStats | None = None,
-        rng: random.Random | None = None,
-        lookup: Lookup | None = None,
-    ) -> None:
-        super().__init__(
-            config, encoder, clock=clock, seq=seq, network=network, rng=rng, lookup=lookup
-        )
+    def _setup(self) -> None:
+        config = self.config
         self.refresh_time = max(1, int(config.refresh_time))
         #: key -> (due, last known object, ever updated)
         self._timers: dict[Key, tuple[float, Obj, bool]] = {}

@@ -343,14 +343,16 @@ class SyncEngine:
     def flush_external(self, what: str = "all") -> int:
         return self.external.flush(what) if self.external is not None else 0
 
-    async def flush_kernel(self, *, expectations: bool | None = None) -> tuple[int, int]:
+    async def flush_kernel(
+        self, *, flows: bool = True, expectations: bool | None = None
+    ) -> tuple[int, int]:
         """Delete the kernel's flows the filter accepts, and expectations (conntrackd -F);
         the deletions are not replicated (FLUSH origin)."""
         assert self.flush_ct is not None, "flush_kernel before run()"
         filt = self.cache.filter
         accepts = filt.accepts_flow if filt.filters_flows else None
         exps = self.config.expectations.sync if expectations is None else expectations
-        return await flush_kernel(self.flush_ct, accepts, expectations=exps)
+        return await flush_kernel(self.flush_ct, accepts, expectations=exps, flows=flows)
 
     def schedule_purge(self) -> float:
         """Flush the kernel table after purge_timeout (conntrackd -t); calls do not stack."""

@@ -27,9 +27,8 @@ not turn the resend queue into a send storm.
 
 from __future__ import annotations
 
-import random
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from ._mode import (
@@ -41,15 +40,14 @@ from ._mode import (
     HELLO_BACK,
     Ctl,
     Key,
-    Lookup,
     Obj,
     SyncMode,
 )
 from .attrs import Reason
-from .wire import SEQ_MASK, Encoder, Message, NetworkStats, SeqCounter, SeqTracker, SeqVerdict
+from .wire import SEQ_MASK, Message, SeqTracker, SeqVerdict
 
 if TYPE_CHECKING:
-    from .._config_types import SyncConfig
+    pass
 
 __all__ = ["RESEND_AFTER", "FtfwMode"]
 
@@ -77,20 +75,8 @@ def _after(a: int, b: int) -> bool:
 class FtfwMode(SyncMode):
     name: ClassVar[str] = "ftfw"
 
-    def __init__(
-        self,
-        config: SyncConfig,
-        encoder: Encoder,
-        *,
-        clock: Callable[[], float],
-        seq: SeqCounter | None = None,
-        network: NetworkStats | None = None,
-        rng: random.Random | None = None,
-        lookup: Lookup | None = None,
-    ) -> None:
-        super().__init__(
-            config, encoder, clock=clock, seq=seq, network=network, rng=rng, lookup=lookup
-        )
+    def _setup(self) -> None:
+        config = self.config
         self.hello_done = False
         self.window_size = max(1, config.ack_window_size)
         self.rs_limit = max(1, config.resend_queue_size)

@@ -4,16 +4,15 @@ are here (and lets it count lost messages from the seq gaps)."""
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
-from ._mode import CTL_ALIVE, CTL_RESYNC, Lookup, SyncMode
+from ._mode import CTL_ALIVE, CTL_RESYNC, SyncMode
 from .attrs import Reason
-from .wire import Encoder, Message, NetworkStats, SeqCounter, SeqTracker
+from .wire import Message, SeqTracker
 
 if TYPE_CHECKING:
-    from .._config_types import SyncConfig
+    pass
 
 __all__ = ["NotrackMode"]
 
@@ -21,20 +20,7 @@ __all__ = ["NotrackMode"]
 class NotrackMode(SyncMode):
     name: ClassVar[str] = "notrack"
 
-    def __init__(
-        self,
-        config: SyncConfig,
-        encoder: Encoder,
-        *,
-        clock: Callable[[], float],
-        seq: SeqCounter | None = None,
-        network: NetworkStats | None = None,
-        rng: random.Random | None = None,
-        lookup: Lookup | None = None,
-    ) -> None:
-        super().__init__(
-            config, encoder, clock=clock, seq=seq, network=network, rng=rng, lookup=lookup
-        )
+    def _setup(self) -> None:
         self.tracker = SeqTracker()
 
     def receive(self, msgs: Iterable[Message]) -> list[Message]:

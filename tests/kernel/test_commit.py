@@ -29,7 +29,7 @@ from nfsyncd.model import (
 )
 from nfsyncd.netlink import Request
 from nfsyncd.netlink import ctnetlink as ct
-from nfsyncd.sync import Encoder, Message, MsgType, NetworkStats, decode_datagram
+from nfsyncd.sync import MsgType
 from tests.kernel._ctutil import (
     CtLab,
     assert_matches_conntrack,
@@ -41,6 +41,7 @@ from tests.kernel._ctutil import (
     v4,
     v6,
 )
+from tests.unit._fake_peer import over_the_wire
 
 pytestmark = pytest.mark.kernel
 
@@ -75,18 +76,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.t
-
-
-def received(mtype: MsgType, obj: Flow | Expectation) -> Message:
-    """``obj`` as the peer sends it and we decode it."""
-    enc = Encoder()
-    if isinstance(obj, Flow):
-        data = enc.flow_message(int(mtype), obj, 1)
-    else:
-        data = enc.expect_message(int(mtype), obj, 1)
-    [msg] = decode_datagram(data, NetworkStats())
-    assert msg.obj is not None
-    return msg
 
 
 def est(sport: int, **kw: object) -> Flow:
@@ -136,7 +125,7 @@ async def test_commit_flows(lab: CtLab, tmp_path: Path) -> None:
     lab.ns.nft(RULESET)
     clock = Clock()
     ext = ExternalCache(clock=clock)
-    msgs = [received(MsgType.CT_NEW, flow) for flow in CASES.values()]
+    msgs = [over_the_wire(MsgType.CT_NEW, flow) for flow in CASES.values()]
     ext.apply(msgs)
     clock.t += TIME_PASSED
     result = await commit(ext, lab.ct)
@@ -179,8 +168,8 @@ async def test_commit_timeout_fixed_and_fallback(lab: CtLab) -> None:
     """CommitTimeout overrides the estimate; a used-up or missing timeout becomes 60."""
     clock = Clock()
     ext = ExternalCache(clock=clock)
-    ext.apply([received(MsgType.CT_NEW, est(1, timeout=30))])
-    ext.apply([received(MsgType.CT_NEW, est(2, timeout=None))])
+    ext.apply([over_the_wire(MsgType.CT_NEW, est(1, timeout=30))])
+    ext.apply([over_the_wire(MsgType.CT_NEW, est(2, timeout=None))])
     clock.t += 100
     assert (await commit(ext, lab.ct)).flows == 2
     for sport in (1, 2):
@@ -188,7 +177,7 @@ async def test_commit_timeout_fixed_and_fallback(lab: CtLab) -> None:
         assert got is not None and got.timeout is not None and 57 <= got.timeout <= 60
     await lab.ct.flush()
     fixed = ExternalCache(clock=clock, commit_timeout=1000)
-    fixed.apply([received(MsgType.CT_NEW, est(3, timeout=30))])
+    fixed.apply([over_the_wire(MsgType.CT_NEW, est(3, timeout=30))])
     assert (await commit(fixed, lab.ct)).flows == 1
     got = await lab.ct.get(est(3).orig)
     assert got is not None and got.timeout is not None and 997 <= got.timeout <= 1000
@@ -213,11 +202,11 @@ async def test_commit_related_and_expectations_after_masters(lab: CtLab) -> None
     ext = ExternalCache()
     ext.apply(
         [
-            received(MsgType.CT_NEW, data),
-            received(MsgType.EXP_NEW, ftp_expect(plain, 30001)),
-            received(MsgType.EXP_NEW, ftp_expect(zoned, 30002)),
-            received(MsgType.CT_NEW, plain),
-            received(MsgType.CT_NEW, zoned),
+            over_the_wire(MsgType.CT_NEW, data),
+            over_the_wire(MsgType.EXP_NEW, ftp_expect(plain, 30001)),
+            over_the_wire(MsgType.EXP_NEW, ftp_expect(zoned, 30002)),
+            over_the_wire(MsgType.CT_NEW, plain),
+            over_the_wire(MsgType.CT_NEW, zoned),
         ]
     )
     result = await commit(ext, lab.ct)
@@ -239,7 +228,12 @@ async def test_commit_expectations_alone_and_missing_master(lab: CtLab) -> None:
     they fail with ENOENT (counted); after ``what="ct"`` they go in."""
     master = ftp_master(40200)
     ext = ExternalCache()
-    ext.apply([received(MsgType.CT_NEW, master), received(MsgType.EXP_NEW, ftp_expect(master, 1))])
+    ext.apply(
+        [
+            over_the_wire(MsgType.CT_NEW, master),
+            over_the_wire(MsgType.EXP_NEW, ftp_expect(master, 1)),
+        ]
+    )
     first = await commit(ext, lab.ct, what="expect")
     assert (first.expects, first.expects_failed, first.errors) == (0, 1, {"ENOENT": 1})
     assert await lab.ct.dump() == []
@@ -254,7 +248,7 @@ async def test_commit_clash_recreates(lab: CtLab) -> None:
     cache: the peer's state wins, and nothing counts as failed."""
     await lab.ct.create(est(40300, mark=1, timeout=50))
     ext = ExternalCache()
-    ext.apply([received(MsgType.CT_NEW, est(n, mark=2)) for n in (40300, 40301)])
+    ext.apply([over_the_wire(MsgType.CT_NEW, est(n, mark=2)) for n in (40300, 40301)])
     result = await commit(ext, lab.ct)
     assert (result.flows, result.flows_failed, result.errors) == (2, 0, {})
     got = await lab.ct.get(est(40300).orig)
@@ -267,7 +261,7 @@ async def test_commit_10k_rate(lab: CtLab) -> None:
     entries/s on an idle machine; both numbers here move with the machine's load)."""
     n = 10_000
     ext = ExternalCache()
-    ext.apply(received(MsgType.CT_NEW, est(1024 + i)) for i in range(n))
+    ext.apply(over_the_wire(MsgType.CT_NEW, est(1024 + i)) for i in range(n))
     assert ext.flow_count() == n
     started = time.perf_counter()
     result = await commit(ext, lab.ct)
@@ -298,11 +292,11 @@ async def test_inject(lab: CtLab) -> None:
     inj = Injector(ct)
     await inj.apply(
         [
-            received(MsgType.CT_NEW, est(1, mark=3)),
-            received(MsgType.CT_NEW, est(2, mark=3)),
-            received(MsgType.CT_NEW, CASES["snat4"]),
-            received(MsgType.CT_NEW, est(9)),
-            received(MsgType.CT_DEL, est(9)),
+            over_the_wire(MsgType.CT_NEW, est(1, mark=3)),
+            over_the_wire(MsgType.CT_NEW, est(2, mark=3)),
+            over_the_wire(MsgType.CT_NEW, CASES["snat4"]),
+            over_the_wire(MsgType.CT_NEW, est(9)),
+            over_the_wire(MsgType.CT_DEL, est(9)),
         ]
     )
     flows = {f.orig.sport: f for f in await ct.dump()}
@@ -313,10 +307,10 @@ async def test_inject(lab: CtLab) -> None:
     assert isinstance(pi, TcpInfo) and pi.flags_orig is not None and pi.flags_orig.flags & 8
     await inj.apply(
         [
-            received(MsgType.CT_UPD, est(1, mark=4, timeout=77)),
-            received(MsgType.CT_UPD, est(3, mark=5)),  # unknown: created
-            received(MsgType.CT_DEL, est(2)),
-            received(MsgType.CT_DEL, est(8)),  # unknown: ignored
+            over_the_wire(MsgType.CT_UPD, est(1, mark=4, timeout=77)),
+            over_the_wire(MsgType.CT_UPD, est(3, mark=5)),  # unknown: created
+            over_the_wire(MsgType.CT_DEL, est(2)),
+            over_the_wire(MsgType.CT_DEL, est(8)),  # unknown: ignored
         ]
     )
     flows = {f.orig.sport: f for f in await ct.dump()}
@@ -339,22 +333,22 @@ async def test_inject_expectation_and_related(lab: CtLab) -> None:
     data = est(50001, master=master.orig, zone=3)
     await inj.apply(
         [
-            received(MsgType.EXP_UPD, ftp_expect(master, 30010)),
-            received(MsgType.CT_NEW, data),
-            received(MsgType.CT_NEW, master),
+            over_the_wire(MsgType.EXP_UPD, ftp_expect(master, 30010)),
+            over_the_wire(MsgType.CT_NEW, data),
+            over_the_wire(MsgType.CT_NEW, master),
         ]
     )
     got = await lab.ct.get(data.orig, 3)
     assert got is not None and got.master == master.orig
     # an update of the related flow (its status has EXPECTED, which the kernel owns)
-    await inj.apply([received(MsgType.CT_UPD, data._replace(mark=9, status=SR_AS | EXPECTED))])
+    await inj.apply([over_the_wire(MsgType.CT_UPD, data._replace(mark=9, status=SR_AS | EXPECTED))])
     updated = await lab.ct.get(data.orig, 3)
     assert updated is not None and updated.mark == 9 and updated.master == master.orig
     assert updated.id == got.id  # in place, not deleted and created again
     assert inj.stats_dict()["updated"] == 1
     [exp] = await lab.ct.dump_expect()
     assert exp.tuple.dport == 30010 and exp.master == master.orig
-    await inj.apply([received(MsgType.EXP_DEL, ftp_expect(master, 30010))])
+    await inj.apply([over_the_wire(MsgType.EXP_DEL, ftp_expect(master, 30010))])
     assert await lab.ct.dump_expect() == []
     st = inj.stats_dict()
     assert (st["created"], st["expect_created"], st["expect_deleted"]) == (2, 1, 1)

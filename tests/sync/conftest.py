@@ -20,10 +20,9 @@ from typing import Any
 
 import pytest
 
+from nfsyncd.lab.sync_daemons import START_ERRORS, start_sync_daemon
 from nfsyncd.lab.sync_lab import FW, SyncDaemon, SyncLab
 from tests._support import require_binary
-from tests.sync._conntrackd import start_conntrackd
-from tests.sync._nfsyncd import start_nfsyncd
 
 DAEMONS = ("conntrackd", "nfsyncd")
 
@@ -58,14 +57,14 @@ def start_daemon(root: None, tmp_path: Path) -> Iterator[StartDaemon]:
 
     def start(kind: str, lab: SyncLab, fw: FW, **options: Any) -> SyncDaemon:
         directory = tmp_path / f"{fw}-{kind}-{next(counter)}"
-        daemon: SyncDaemon
         if kind == "conntrackd":
             require_binary("conntrackd")
-            daemon = start_conntrackd(lab, fw, directory, **options)
-        elif kind == "nfsyncd":
-            daemon = start_nfsyncd(lab, fw, directory, **options)
         else:
-            raise ValueError(f"unknown daemon kind {kind!r}")
+            options.setdefault("log_level", "debug")
+        try:
+            daemon = start_sync_daemon(kind, lab, fw, directory, **options)
+        except START_ERRORS as exc:
+            pytest.fail(f"{kind} on {fw} did not start: {exc}", pytrace=False)
         daemons.append(daemon)
         return daemon
 

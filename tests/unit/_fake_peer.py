@@ -62,11 +62,21 @@ def decode(msgs: Iterable[bytes]) -> list[Message]:
     return [decode_message(m) for m in msgs]
 
 
+def over_the_wire(mtype: int, obj: Obj, seq: int = 1) -> Message:
+    """``obj`` as a peer sends it and we decode it (the real encoder and decoder)."""
+    enc = Encoder()
+    if isinstance(obj, Flow):
+        data = enc.flow_message(int(mtype), obj, seq)
+    else:
+        data = enc.expect_message(int(mtype), obj, seq)
+    [msg] = decode_datagram(data, NetworkStats())
+    assert msg.obj is not None
+    return msg
+
+
 def round_trip(obj: Obj) -> Obj:
     """What the peer decodes for ``obj`` (the wire rebuilds the reply tuple, etc.)."""
-    enc = Encoder()
-    raw = enc.flow_message(0, obj, 0) if isinstance(obj, Flow) else enc.expect_message(3, obj, 0)
-    decoded = decode_message(raw).obj
+    decoded = over_the_wire(0 if isinstance(obj, Flow) else 3, obj).obj
     assert decoded is not None
     return decoded
 

@@ -36,7 +36,8 @@ from nfsyncd.model import (
 from nfsyncd.netlink import NetlinkError, Request, iter_attrs
 from nfsyncd.netlink import ctnetlink as ct
 from nfsyncd.netlink._socket import NLM_F_CREATE, NLM_F_EXCL
-from nfsyncd.sync import Encoder, Message, MsgType, NetworkStats, decode_datagram
+from nfsyncd.sync import Message, MsgType
+from tests.unit._fake_peer import over_the_wire
 
 A, B, C = (socket.inet_aton(f"198.18.0.{n}") for n in (1, 2, 3))
 A6 = socket.inet_pton(socket.AF_INET6, "fd00:198:18::1")
@@ -64,17 +65,6 @@ def tcp(sport: int, **kw: object) -> Flow:
 
 def msg(mtype: MsgType, obj: Flow | Expectation) -> Message:
     return Message(int(mtype), 0, 1, obj)
-
-
-def over_the_wire(mtype: MsgType, obj: Flow | Expectation) -> Message:
-    """``obj`` as a peer would send it and we would decode it."""
-    enc = Encoder()
-    if isinstance(obj, Flow):
-        data = enc.flow_message(int(mtype), obj, 7)
-    else:
-        data = enc.expect_message(int(mtype), obj, 7)
-    [m] = decode_datagram(data, NetworkStats())
-    return m
 
 
 def ftp_master(sport: int = 40000, zone: int | None = None) -> Flow:
