@@ -41,7 +41,7 @@ from nfsyncd.lab.sync_lab import (
     lab_flows,
 )
 from nfsyncd.lab.sync_nfsyncd import Nfsyncd
-from nfsyncd.model import Expectation, Flow, Status, TcpInfo
+from nfsyncd.model import TCP_STATE_NAMES, Expectation, Flow, Status, TcpInfo
 from tests._support import FTP_PASSIVE_PORTS, FtpServer, wait_until
 
 pytestmark = pytest.mark.kernel
@@ -120,6 +120,19 @@ def wait_keys(
         missing = want - get()
         print(f"{len(missing)} missing, e.g. {[k.describe() for k in list(missing)[:5]]}")
         raise
+
+
+def settled_snapshot(lab: SyncLab, d2: Nfsyncd, keys: set[FlowKey]) -> dict[FlowKey, Flow] | None:
+    """fw1's kernel flows once fw2's external cache has each key in the same TCP state: the
+    FTP data connections are still closing when they first arrive, and a snapshot taken
+    meanwhile would be older than what fw2 then commits."""
+    mine = {flow_key(f): f for f in lab.kernel_flows("fw1")}
+    theirs = {json_flow_key(i): i.get("state") for i in d2.dump("external")}
+    for key in keys:
+        info = mine[key].protoinfo if key in mine else None
+        if isinstance(info, TcpInfo) and theirs.get(key) != TCP_STATE_NAMES.get(info.state or 0):
+            return None
+    return mine
 
 
 def wait_external(daemon: Nfsyncd, want: set[FlowKey], timeout: float = 15.0) -> None:
@@ -398,7 +411,12 @@ def test_commit_keeps_nat_mark_zone_labels_helper_status_and_expectations(
     keys |= ftp.keys | ftp6.keys
     wait_external(d2, keys)
     wait_until(lambda: len(d2.dump("external", "expect")) == 2, what="the expectations on fw2")
-    fw1_flows = {flow_key(f): f for f in lab.kernel_flows("fw1")}
+    fw1_flows = wait_until(
+        lambda: settled_snapshot(lab, d2, keys),
+        timeout=15,
+        interval=0.1,
+        what="fw2's external cache to hold fw1's current TCP states (FTP data flows close)",
+    )
     # the cases are what they claim to be
     nat = fw1_flows[next(k for k in keys if k.dport == NAT_PORT)]
     assert nat.reply is not None and nat.reply.sport == NAT_TARGET
