@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import batch_create, codec, kernel_events, memory, sync
+from bench import batch_create, codec, failover, kernel_events, lifecycle, memory, sync
 from bench._common import Result, save
 
 
@@ -40,6 +40,8 @@ def main() -> int:
         ("kernel events", kernel_events),
         ("memory", memory),
         ("peer sync", sync),
+        ("connection lifecycle", lifecycle),
+        ("failover", failover),
     ):
         print(f"==> {title} ...", flush=True)
         results = module.main()

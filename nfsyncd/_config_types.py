@@ -21,6 +21,8 @@ from typing import Any, Final, Generic, Literal, TypeVar, cast
 from nfsyncd._config_locate import KeyPath
 
 __all__ = [
+    "CT_EVENT_NAMES",
+    "DEFAULT_CT_EVENTS",
     "LIVE_KEYS",
     "Config",
     "ExpectConfig",
@@ -55,6 +57,7 @@ Transport = Literal["udp", "multicast", "tcp"]
 L4Protocol = Literal["tcp", "udp"]
 AssignFamily = Literal["inet", "ip", "ip6"]
 HelperFamily = Literal["inet", "inet6"]
+HelperMismatch = Literal["warn", "fatal"]
 
 MiB: Final = 1 << 20
 
@@ -67,11 +70,13 @@ LIVE_KEYS: Final[frozenset[str]] = frozenset(
         "general.event_batch_limit",
         "filter.*",
         "expectations.helpers",
+        "helpers.assign",
         "nftables.*",
     }
 )
 """Key paths a reload (SIGHUP) applies without a restart; ``x.*`` covers everything under x.
 
+``helpers.assign`` and ``nftables.*`` take effect by re-applying the generated nft table.
 Everything else (sockets, buffers, the sync mode and links, helper queues, the metrics
 listener, polling vs events) is wired up once at start, so changing it needs a restart.
 """
@@ -167,6 +172,8 @@ class ExpectConfig:
     sync: bool = False
     helpers: tuple[str, ...] = ()
     """Empty = every helper; else case-insensitive prefixes of helper names (as written)."""
+    helper_mismatch: HelperMismatch = "warn"
+    """What a helper set differing from the peer's does: log and count, or stop the daemon."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +217,29 @@ class HelpersConfig:
     userspace: tuple[UserspaceHelper, ...] = ()
 
 
+CT_EVENT_NAMES: Final = (
+    "new",
+    "related",
+    "destroy",
+    "reply",
+    "assured",
+    "protoinfo",
+    "helper",
+    "mark",
+    "seqadj",
+    "secmark",
+    "label",
+)
+"""``ct event`` names nft knows, in kernel bit order (the order nft lists them in)."""
+
+DEFAULT_CT_EVENTS: Final = ("new", "related", "destroy", "assured", "helper", "mark", "label")
+"""What a takeover needs: a flow when it starts, again once assured, and when it ends.
+
+"protoinfo" and "reply" add an event per TCP state change (exact TCP state replication) at
+a CPU cost on both nodes.
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class NftConfig:
     """[nftables]: the table nfsyncd generates and owns."""
@@ -218,6 +248,8 @@ class NftConfig:
     table: str = "nfsyncd"
     event_filter: bool = True
     notrack_sync: bool = True
+    events: tuple[str, ...] = DEFAULT_CT_EVENTS
+    """``ct event`` names (kernel bit order, no duplicates) the event filter lets through."""
 
 
 @dataclass(frozen=True, slots=True)

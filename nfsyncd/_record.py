@@ -272,6 +272,8 @@ _HEAD_STATUS: Final = _HEAD[F_STATUS]
 #: the shape of nearly every TCP flow: plain reply, status, complete TCP protoinfo
 _COMMON_MASK: Final = F_REPLY_INV | F_STATUS | F_PROTOINFO
 _COMMON: Final = struct.Struct("<BIIHIBBBBBBBB")
+#: the same with a mark (what an update storm of ``ct mark set`` makes of every flow)
+_COMMON_MARKED: Final = struct.Struct("<BIIHIIBBBBBBBB")
 _ZERO_SYNPROXY: Final = Synproxy(0, 0, 0)
 
 
@@ -414,7 +416,6 @@ def pack_canonical(flow: Flow, flags: int, since: int) -> bytes:
     ) = flow[:14]
     if (
         type(protoinfo) is TcpInfo
-        and not mark
         and not zone
         and not secmark
         and labels is None
@@ -436,6 +437,23 @@ def pack_canonical(flow: Flow, flags: int, since: int) -> bytes:
             and fr is not None
             and _plain_inverse(orig, reply)
         ):
+            if mark:
+                return _COMMON_MARKED.pack(
+                    flags | FLAG_TIMEOUT,
+                    since,
+                    timeout,
+                    _COMMON_MASK | F_MARK,
+                    status,
+                    mark,
+                    _TCP_FULL_HDR,
+                    state,
+                    wo,
+                    wr,
+                    fo[0],
+                    fo[1],
+                    fr[0],
+                    fr[1],
+                )
             return _COMMON.pack(
                 flags | FLAG_TIMEOUT,
                 since,

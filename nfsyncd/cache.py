@@ -337,7 +337,7 @@ class InternalCache:
                 st.created += 1
                 if kind == UPDATE:
                     st.update_not_found += 1
-                append(Change(NEW, obj))
+                append(_new(Change, (NEW, obj)))  # (the NamedTuple constructor is slower)
                 continue
             self._flow_event(kind, obj, key, origin, now, changes)
             fast = fast and not self._peer_flows

@@ -21,6 +21,7 @@ from typing import Any, Final, Literal, TypeVar, cast
 from nfsyncd import _config_types as v
 from nfsyncd._config_locate import KeyPath, LineMap, locate
 from nfsyncd._config_types import (
+    CT_EVENT_NAMES,
     LIVE_KEYS,
     TCP_STATES,
     AssignFamily,
@@ -50,7 +51,10 @@ from nfsyncd._config_types import (
 )
 
 __all__ = [
+    "CT_EVENT_NAMES",
     "HELPER_DEFAULTS",
+    "HELPER_IPV4_ONLY",
+    "HELPER_KERNEL",
     "LIVE_KEYS",
     "TCP_STATES",
     "Config",
@@ -113,6 +117,25 @@ HELPER_DEFAULTS: Final[dict[str, tuple[L4Protocol, tuple[PortRange, ...]]]] = {
     "netbios-ns": ("udp", ((137, 137),)),
 }
 """Kernel helpers [[helpers.assign]] may name: their usual protocol and port(s)."""
+
+HELPER_KERNEL: Final[dict[str, dict[L4Protocol, str]]] = {
+    "ftp": {"tcp": "ftp"},
+    "tftp": {"udp": "tftp"},
+    "sip": {"udp": "sip", "tcp": "sip"},
+    "h323": {"tcp": "Q.931", "udp": "RAS"},
+    "ras": {"udp": "RAS"},
+    "q931": {"tcp": "Q.931"},
+    "irc": {"tcp": "irc"},
+    "pptp": {"tcp": "pptp"},
+    "amanda": {"udp": "amanda"},
+    "sane": {"tcp": "sane"},
+    "snmp": {"udp": "snmp"},
+    "netbios-ns": {"udp": "netbios-ns"},
+}
+"""Per [[helpers.assign]] name: the kernel's helper name for each protocol it handles."""
+
+HELPER_IPV4_ONLY: Final = frozenset({"irc", "pptp", "snmp", "netbios-ns"})
+"""Kernel helpers registered for IPv4 only (their ``ct helper`` objects get l3proto ip)."""
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
 _TOML_POSITION = re.compile(r"\s*\((?:at line (\d+), column \d+|at end of document)\)\s*$")
@@ -635,7 +658,10 @@ def _expectations(table: _Table | None) -> ExpectConfig:
     helpers: list[str] = table.get("helpers", [], v.array(v.string, "helper names"))
     if helpers and not sync and table.ok("sync"):
         table.error("helpers", "only valid with sync = true")
-    return ExpectConfig(sync=sync, helpers=tuple(helpers))
+    mismatch = cast(
+        v.HelperMismatch, table.get("helper_mismatch", "warn", v.choice("warn", "fatal"))
+    )
+    return ExpectConfig(sync=sync, helpers=tuple(helpers), helper_mismatch=mismatch)
 
 
 def _helpers(table: _Table | None, nftables: NftConfig) -> HelpersConfig:
@@ -676,14 +702,29 @@ def _assign(table: _Table) -> HelperAssign | None:
         "addresses", [], v.array(v.address_or_network, "addresses or networks")
     )
     interfaces: list[str] = table.get("interfaces", [], v.array(v.ifname, "interface names"))
+    if helper is not None and table.ok("protocol") and protocol not in HELPER_KERNEL[helper]:
+        handled = " or ".join(f'"{name}"' for name in HELPER_KERNEL[helper])
+        table.error(
+            "protocol",
+            f'the kernel\'s {helper} helper handles protocol = {handled}, got "{protocol}"',
+        )
+    if helper in HELPER_IPV4_ONLY:
+        if family == "ip6" and table.ok("family"):
+            table.error("family", f'the kernel\'s {helper} helper is IPv4 only, got "ip6"')
+        family = "ip"
     if family != "inet":
         version = 4 if family == "ip" else 6
         for index, address in enumerate(addresses):
             if address.version != version:
                 table.ctx.error(
                     (*table.path, "addresses", index),
-                    f'must be an IPv{version} address or network with family = "{family}", '
-                    f"got {address}",
+                    f"must be an IPv{version} address or network "
+                    + (
+                        f"(the kernel's {helper} helper is IPv4 only), "
+                        if helper in HELPER_IPV4_ONLY
+                        else f'with family = "{family}", '
+                    )
+                    + f"got {address}",
                 )
     if helper is None or table.bad:
         return None
@@ -751,11 +792,18 @@ def _nftables(table: _Table | None) -> NftConfig:
     if table is None:
         return default
     table.check_keys(_keys(NftConfig))
+    event_filter = table.get("event_filter", default.event_filter, v.boolean)
+    events: list[str] = table.get(
+        "events",
+        list(default.events),
+        v.array(v.choice(*CT_EVENT_NAMES), "ct event names", nonempty=True),
+    )
     return NftConfig(
         enabled=table.get("enabled", default.enabled, v.boolean),
         table=table.get("table", default.table, v.nft_name),
-        event_filter=table.get("event_filter", default.event_filter, v.boolean),
+        event_filter=event_filter,
         notrack_sync=table.get("notrack_sync", default.notrack_sync, v.boolean),
+        events=tuple(name for name in CT_EVENT_NAMES if name in events),
     )
 
 

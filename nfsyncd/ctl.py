@@ -433,11 +433,75 @@ def cmd_check_config(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     except OSError as exc:
         raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+    from .nft import kernel_check
+
+    ok, message = kernel_check(cfg)
     mode = cfg.sync.mode if cfg.sync else "no peer sync"
     if args.json:
-        _print_json({"file": path, "valid": True, "mode": mode})
+        _print_json(
+            {
+                "file": path,
+                "valid": ok is not False,
+                "mode": mode,
+                "nftables": {"checked": ok is not None, "ok": ok, "message": message},
+            }
+        )
+    elif ok is False:
+        print(f"{path}: {message}", file=sys.stderr)
     else:
-        print(f"{path}: configuration is valid ({mode})")
+        print(f"{path}: configuration is valid ({mode}); nftables: {message}")
+    return EXIT_USAGE if ok is False else EXIT_OK
+
+
+def _nft_config(args: argparse.Namespace) -> Any:
+    """The config ``nft show|check`` works on: -C FILE, else the default file, else defaults."""
+    from .config import ConfigError, default_config, load_config
+
+    path = args.config or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path is None:
+        return default_config()
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise CtlError(str(exc), EXIT_USAGE) from None
+    except OSError as exc:
+        raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
+
+
+def cmd_nft_show(args: argparse.Namespace) -> int:
+    from .nft import build_table, render_json, render_text
+
+    config = _nft_config(args)
+    if not config.nftables.enabled:
+        print(f"# nftables.enabled = false in {config.source}: nfsyncd makes no table")
+        return EXIT_OK
+    table = build_table(config)
+    if args.json:
+        _print_json(render_json(table))
+    else:
+        sys.stdout.write(render_text(table))
+    return EXIT_OK
+
+
+def cmd_nft_check(args: argparse.Namespace) -> int:
+    from .nft import NftBackend, NftError, build_table, check, has_net_admin
+
+    config = _nft_config(args)
+    if not config.nftables.enabled:
+        print(f"nftables.enabled = false in {config.source}: no table to check")
+        return EXIT_OK
+    table = build_table(config)
+    try:
+        check(table, NftBackend())
+    except NftError as exc:
+        hint = ""
+        if "Operation not permitted" in exc.message and not has_net_admin():
+            hint = " (the dry run needs CAP_NET_ADMIN: run it as root)"
+        raise CtlError(f"the kernel refuses table inet {table.name}: {exc}{hint}") from None
+    if args.json:
+        _print_json({"table": table.name, "ok": True, "rules": table.rule_count})
+    else:
+        print(f"table inet {table.name}: the kernel accepts it ({table.rule_count} rules)")
     return EXIT_OK
 
 
@@ -565,6 +629,7 @@ The socket is found through -C FILE (its general.control_socket), else
         "file", nargs="?", metavar="FILE", help="default: the -C file or " + DEFAULT_CONFIG
     )
     s.set_defaults(func=cmd_check_config, local=True)
+    _nft_parser(sub)
     s = sub.add_parser("config", help="configuration tools")
     csub = s.add_subparsers(dest="config_command", metavar="ACTION", required=True)
     c = csub.add_parser(
@@ -574,6 +639,58 @@ The socket is found through -C FILE (its general.control_socket), else
     c.add_argument("file", metavar="CONNTRACKD_CONF")
     c.set_defaults(func=cmd_config_import, local=True)
     return p
+
+
+def _nft_parser(sub: Any) -> None:
+    s = sub.add_parser(
+        "nft",
+        help="show or dry-run the nftables table nfsyncd generates (no daemon needed)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+nfsyncd owns one nftables table (table inet NAME, nftables.table in the config,
+default "nfsyncd"), which it applies at start, replaces atomically on SIGHUP and
+removes on a clean exit. It never touches any other table. The table holds:
+  - ct helper objects and the rules assigning them ([[helpers.assign]]),
+    in chains helpers_prerouting / helpers_output (priority filter);
+  - ct event set rules limiting the events the kernel generates
+    (nftables.events; with filter.kernel_side also mask 0 for flows the
+    userspace filter ignores), in chains events_prerouting / events_output;
+  - notrack rules for the sync links' own packets (nftables.notrack_sync),
+    in chains notrack_prerouting / notrack_output (priority raw).
+Every rule's comment names the config entry that produced it
+("helpers.assign[0]", "sync.links[1]", "filter.address", "nftables.events").""",
+        epilog="""\
+examples:
+  nfsyncctl -C /etc/nfsyncd/nfsyncd.toml nft show
+  nfsyncctl nft show --json | nft -j -c -f -     (libnftables JSON batch)
+  nfsyncctl nft check -C test.toml
+
+exit status: show: 0, or 2 on a config error.
+             check: 0 the kernel accepts the table; 1 it refuses it (the
+             message names the failing rule when it can be told); 2 config error.""",
+    )
+    nsub = s.add_subparsers(dest="nft_command", metavar="ACTION", required=True)
+    for name, func, text in (
+        (
+            "show",
+            cmd_nft_show,
+            "print the generated table in nft syntax (--json: the libnftables JSON batch "
+            "that replaces it atomically, as the daemon applies it)",
+        ),
+        (
+            "check",
+            cmd_nft_check,
+            "dry-run the generated table against the running kernel (needs CAP_NET_ADMIN; "
+            "nothing is changed)",
+        ),
+    ):
+        c = nsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        # also accepted after the action; SUPPRESS keeps a value given before it
+        c.add_argument(
+            "-C", "--config", metavar="FILE", default=argparse.SUPPRESS, help="config file"
+        )
+        c.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+        c.set_defaults(func=func, local=True)
 
 
 def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:

@@ -32,6 +32,7 @@ from .logs import setup_logging
 from .metrics import Metric, render
 from .mirror import KernelMirror
 from .model import EventKind
+from .nft import NftError, TableOwner, kernel_check
 from .render import expect_json, flow_json
 from .sdnotify import Notifier
 
@@ -81,12 +82,34 @@ class Daemon:
         self.http_address: tuple[str, int] | None = None
         self.reloads = 0
         self.reload_failures = 0
+        self.nft = TableOwner()
         self._shutdown = trio.Event()
         self._control_done = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def run(self) -> int:
+        """Apply the nft table, run until asked to stop, then remove the table.
+
+        The table goes in before anything subscribes to events, so the first flows already
+        get the event filter; NftError (the kernel refused it) is a startup error. It is
+        removed on a clean stop only: after a crash the helpers stay assigned until the
+        restarted daemon replaces the table.
+        """
+        if self.config.nftables.enabled:
+            self.nft.apply(self.config)
+            log.info("nftables: applied table inet %s (%d rules)", self.nft.name, self.nft.rules)
+        try:
+            return await self._run()
+        finally:
+            if self._shutdown.is_set() and self.nft.applied:
+                try:
+                    self.nft.remove()
+                    log.info("nftables: removed table inet %s", self.nft.name)
+                except NftError as exc:
+                    log.error("nftables: could not remove table inet %s: %s", self.nft.name, exc)
+
+    async def _run(self) -> int:
         sock = self.control.bind()
         try:
             with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as sigs:
@@ -197,8 +220,21 @@ class Daemon:
             ),
             filter=new.filter,
             expectations=dataclasses.replace(old.expectations, helpers=new.expectations.helpers),
+            helpers=dataclasses.replace(old.helpers, assign=new.helpers.assign),
             nftables=new.nftables,
         )
+        if old.nftables.enabled or live.nftables.enabled:
+            try:
+                self.nft.apply(live)  # atomic: on failure the old table stays
+            except NftError as exc:
+                self.reload_failures += 1
+                log.error(
+                    "reload failed, keeping the running configuration and nftables table: "
+                    "the kernel refused the new table: %s",
+                    exc,
+                )
+                self.notifier.ready(self._status_text())
+                return False
         self.config = live
         setup_logging(live.general.log_level, live.general.log_format)
         self.cache.set_filter(build_filter(live))
@@ -307,6 +343,7 @@ class Daemon:
             "reload_failures": self.reload_failures,
             "sync": self.sync.status() if self.sync is not None else None,
             "external": self.sync.external_counts() if self.sync is not None else None,
+            "nftables": self.nft.status(self.config),
         }
 
     def stats(self, section: str | None) -> JsonDict:
@@ -523,7 +560,9 @@ def _parser() -> argparse.ArgumentParser:
         nargs="?",
         const="",
         metavar="FILE",
-        help="validate the configuration (FILE, or the -C file) and exit: 0 valid, 2 invalid",
+        help="validate the configuration (FILE, or the -C file) and exit: 0 valid, 2 invalid; "
+        "with nftables enabled, also dry-run the generated table against the running kernel "
+        "(skipped, not failed, without CAP_NET_ADMIN)",
     )
     p.add_argument(
         "--log-level",
@@ -554,8 +593,12 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as exc:
             print(f"nfsyncd: cannot read {path}: {exc.strerror}", file=sys.stderr)
             return 2
+        ok, message = kernel_check(cfg)
+        if ok is False:
+            print(f"{path}: {message}", file=sys.stderr)
+            return 2
         mode = cfg.sync.mode if cfg.sync else "no peer sync (mirror only)"
-        print(f"{path}: configuration is valid ({mode})")
+        print(f"{path}: configuration is valid ({mode}); nftables: {message}")
         return 0
     try:
         config, path = _load(args.config, args.config is not None)
@@ -575,6 +618,9 @@ def main(argv: list[str] | None = None) -> int:
     daemon = Daemon(config, path, Notifier())
     try:
         return trio.run(daemon.run)
+    except NftError as exc:
+        log.error("nftables: cannot apply table inet %s: %s", config.nftables.table, exc)
+        return 1
     except (OSError, BaseExceptionGroup) as exc:
         failure = _first_os_error(exc)
         if failure is None:

@@ -52,7 +52,9 @@ class Nfsyncd:
 
     Mirrors :class:`~nfsyncd.lab.sync_conntrackd.Conntrackd`'s arguments; ``extra_toml`` is
     appended to the generated file (new tables only: TOML forbids reopening one).
-    ``metrics`` is the [metrics] listen value ("" = off).
+    ``metrics`` is the [metrics] listen value ("" = off). ``nftables`` turns the daemon's
+    own nft table on (default) or off; ``nft_events`` sets ``nftables.events`` (e.g. add
+    "protoinfo" and "reply" where a test checks exact TCP state replication).
     """
 
     kind = "nfsyncd"
@@ -77,6 +79,8 @@ class Nfsyncd:
         socket_buffer: int = _SOCKET_BUFFER,
         peer_version: str | None = None,
         sync_options: dict[str, Any] | None = None,
+        nftables: bool = True,
+        nft_events: Sequence[str] | None = None,
         extra_toml: str = "",
         metrics: str = "",
         log_level: str = "info",
@@ -101,6 +105,8 @@ class Nfsyncd:
         self.socket_buffer = socket_buffer
         self.peer_version = peer_version
         self.sync_options = dict(sync_options or {})
+        self.nftables = nftables
+        self.nft_events = None if nft_events is None else list(nft_events)
         self.extra_toml = extra_toml
         self.metrics = metrics
         self.log_level = log_level
@@ -167,6 +173,11 @@ class Nfsyncd:
                 lines.append(f"peer_version = {_toml_str(self.peer_version)}")
             lines.append("")
         lines += ["[expectations]", f"sync = {'true' if self.expectations else 'false'}", ""]
+        # the daemon's own table "inet nfsyncd"; the lab's "inet lab" table stays as it is
+        lines += ["[nftables]", f"enabled = {'true' if self.nftables else 'false'}"]
+        if self.nft_events is not None:
+            lines.append(f"events = {json.dumps(self.nft_events)}")
+        lines.append("")
         return "\n".join(lines) + self.extra_toml
 
     # -- process --------------------------------------------------------------------------

@@ -93,6 +93,10 @@ class Codec(Generic[T]):
     #: compiler inline the codec instead of calling it.
     fmt: str | None = None
     size: int | None = None
+    #: for a codec whose payload is exactly one big-endian struct (one format letter per
+    #: value) made into ``factory(*values)``: lets :mod:`._layout` unpack it with the rest
+    #: of a message instead of calling ``decode``
+    parts: tuple[str, Callable[..., Any]] | None = None
 
 
 def _fixed(name: str, fmt: str) -> Codec[int]:
@@ -208,6 +212,9 @@ class Schema:
         #: to the table (it must agree with it: see tests/unit/test_codec.py)
         self.fast_decode = fast_decode
         self.fast_encode = fast_encode
+        #: decode through a :class:`~._layout.LayoutDecoder` (for schemas of whole
+        #: messages that arrive by the hundred thousand in a few layouts: flow events)
+        self.learn_layouts = False
         self._decode: Callable[[bytes, int, int], Any] | None = None
         self._encode: Callable[[Any], bytes] | None = None
 
@@ -242,4 +249,8 @@ class Schema:
         from ._compile import compile_schema
 
         self._decode, self._encode = compile_schema(self)
+        if self.learn_layouts:
+            from ._layout import LayoutDecoder
+
+            self._decode = LayoutDecoder(self, self._decode)
         return self._decode, self._encode

@@ -86,6 +86,7 @@ _NLMSGHDR = struct.Struct("=IHHII")
 _unpack_nlmsghdr = _NLMSGHDR.unpack_from
 _pack_nlmsghdr = _NLMSGHDR.pack
 _ERRNO = struct.Struct("=i")
+_PADDING: Final = (b"", b"\0", b"\0\0", b"\0\0\0")
 
 # Messages per sendmsg: bounded so a batch in which every request fails still fits its
 # error replies in the receive buffer (each costs ~1 KiB of buffer accounting).
@@ -404,17 +405,30 @@ class NetlinkSocket:
             if self._seq + (j - i) > 0xFFFFFFFF:
                 self._seq = 0  # keep the chunk's sequence numbers contiguous
             first_seq = self._seq + 1
-            chunk = [
-                self.encode(
-                    Request(r.type, r.flags | (NLM_F_ACK if k == j - 1 else 0), r.payload),
-                    self.next_seq(),
-                )
-                for k, r in enumerate(reqs[i:j], start=i)
-            ]
-            self._send(b"".join(chunk))
+            self._send(self._encode_chunk(reqs, i, j))
             await self._collect_acks(results, i, first_seq, self._seq)
             i = j
         return results
+
+    def _encode_chunk(self, reqs: Sequence[Request], i: int, j: int) -> bytes:
+        """Requests ``i`` to ``j - 1`` as one write, only the last asking for an ack.
+
+        :meth:`encode` and :meth:`next_seq` inlined: a commit encodes ~100k requests."""
+        parts: list[bytes] = []
+        add = parts.append
+        seq = self._seq
+        last = j - 1
+        for k in range(i, j):
+            mtype, flags, payload = reqs[k]
+            length = 16 + len(payload)
+            seq = (seq + 1) & 0xFFFFFFFF or 1
+            flags |= NLM_F_REQUEST | (NLM_F_ACK if k == last else 0)
+            add(_pack_nlmsghdr(length, mtype, flags, seq, 0))
+            add(payload)
+            if length & 3:
+                add(_PADDING[-length & 3])
+        self._seq = seq
+        return b"".join(parts)
 
     async def _collect_acks(
         self, results: list[NetlinkError | None], start: int, first_seq: int, last_seq: int

@@ -259,7 +259,7 @@ def _tcp_flags_codec() -> Codec[TcpFlags]:
             raise DecodeError("", f"expected 2 bytes (flags, mask), got {end - start}")
         return TcpFlags(*st.unpack_from(buf, start))
 
-    return Codec("tcp_flags", decode, lambda v: st.pack(v.flags, v.mask))
+    return Codec("tcp_flags", decode, lambda v: st.pack(v.flags, v.mask), parts=("BB", TcpFlags))
 
 
 _TCP_FLAGS = _tcp_flags_codec()
@@ -380,6 +380,9 @@ FLOW = Schema(
     ],
     Flow,
 )
+
+# flow events and dump entries come in a few layouts by the hundred thousand
+FLOW.learn_layouts = True
 
 _EXPECT_NAT = Schema(
     "CTA_EXPECT_NAT",

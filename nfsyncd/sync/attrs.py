@@ -289,6 +289,29 @@ _H_ICMP_ID = _hdr(6, NTA_ICMP_ID)
 
 _ZERO_SYNPROXY: Final = Synproxy(0, 0, 0)
 
+
+def _tcp_head(size: int, group: int) -> Callable[..., bytes]:
+    """The usual start of a TCP flow's message in one ``pack``: the address group, then
+    NTA_STATUS, NTA_L4PROTO, NTA_PORT, NTA_TCP_STATE, NTA_TIMEOUT and NTA_MARK, each as
+    the attribute-wise path writes it (tests/unit/test_layouts.py compares the two)."""
+    pack = struct.Struct(f">HH{size}s{size}sHHIHHB3xHHHHHHB3xHHIHHI").pack
+    glen = 4 + 2 * size
+
+    def head(
+        src: bytes, dst: bytes, status: int, sport: int, dport: int, state: int, t: int, m: int
+    ) -> bytes:
+        return pack(
+            glen, group, src, dst, 8, NTA_STATUS, status, 5, NTA_L4PROTO, IPPROTO_TCP,
+            8, NTA_PORT, sport, dport, 5, NTA_TCP_STATE, state, 8, NTA_TIMEOUT, t,
+            8, NTA_MARK, m,
+        )  # fmt: skip
+
+    return head
+
+
+#: by address size
+_TCP_HEADS: Final = {4: _tcp_head(4, NTA_IPV4), 16: _tcp_head(16, NTA_IPV6)}
+
 # Flow and Expectation are built with tuple.__new__ (the NamedTuple constructor costs
 # ~1 µs per flow); these guard the positional layouts that relies on.
 _FLOW_HEAD: Final = (
@@ -437,6 +460,165 @@ def _walk(
 
 
 # --- flows: decode -------------------------------------------------------------------------
+#: builds a flow from a message of a known layout, or says None (the general path decodes)
+Builder = Callable[[bytes], "Flow | None"]
+
+
+class _Layouts:
+    """Attribute offsets of message layouts seen before, so that most messages skip
+    :func:`_walk`, and for the plainest layouts a generated decoder.
+
+    A sender emits its flows in a few layouts (same attributes, same order, same lengths).
+    The walk's outcome depends only on the message's size and its attribute headers, so a
+    message whose headers are byte-for-byte those of a message walked before has the same
+    offsets, relative to its start: one big-integer mask compare instead of a loop over
+    every attribute.  Values are not checked here; what decodes them afterwards is the
+    general code or (:func:`_flow_builder`) code generated to do exactly what it does."""
+
+    __slots__ = ("_by_size", "attempts", "builder", "kind", "lens", "table")
+
+    def __init__(
+        self,
+        lens: list[int],
+        table: tuple[AttrSpec, ...],
+        kind: str,
+        builder: Callable[[bytes, list[int]], Builder | None] | None = None,
+    ) -> None:
+        self.lens = lens
+        self.table = table
+        self.kind = kind
+        self.builder = builder
+        self._by_size: dict[int, list[tuple[int, int, list[int], Builder | None]]] = {}
+        self.attempts = 0
+
+    def find(self, msg: bytes) -> tuple[list[int], Builder | None] | None:
+        """The offsets (relative to ``msg``) of a known layout ``msg`` has and its
+        generated decoder (if any), or None."""
+        layouts = self._by_size.get(len(msg))
+        if layouts is None:
+            return None
+        value = int.from_bytes(msg, "big")
+        for mask, expected, pos, build in layouts:
+            if value & mask == expected:
+                return pos, build
+        return None
+
+    def walk(self, msg: bytes) -> list[int]:
+        """:func:`_walk` over all of ``msg``, remembering its layout (a bounded number)."""
+        pos = _walk(msg, 0, len(msg), self.lens, self.table, self.kind)
+        if self.attempts < _MAX_LAYOUTS:
+            self.attempts += 1
+            mask = bytearray(len(msg))
+            off = 0
+            while len(msg) - off > 4:  # the walk just accepted these headers
+                mask[off : off + 4] = b"\xff\xff\xff\xff"
+                off += (_unpack_hdr(msg, off)[0] + 3) & -4
+            imask = int.from_bytes(mask, "big")
+            expected = int.from_bytes(msg, "big") & imask
+            build = None if self.builder is None else self.builder(msg, pos)
+            self._by_size.setdefault(len(msg), []).append((imask, expected, pos, build))
+        return pos
+
+
+#: layouts remembered per attribute table (a peer with ever-new layouts walks the rest)
+_MAX_LAYOUTS: Final = 64
+
+#: attributes a generated decoder handles, besides the address group of the flow's family
+_PLAIN_ATTRS: Final = frozenset(
+    (NTA_L4PROTO, NTA_PORT, NTA_STATUS, NTA_TIMEOUT, NTA_MARK, NTA_SPAT_PORT, NTA_DPAT_PORT,
+     NTA_SYNPROXY, NTA_ZONE)
+)  # fmt: skip
+_PROTOINFO_ATTRS: Final[
+    dict[int, tuple[type[TcpInfo | SctpInfo | DccpInfo] | None, tuple[int, ...]]]
+] = {
+    IPPROTO_TCP: (TcpInfo, (NTA_TCP_STATE, NTA_TCP_WSCALE_ORIG, NTA_TCP_WSCALE_REPL)),
+    IPPROTO_SCTP: (SctpInfo, (NTA_SCTP_STATE, NTA_SCTP_VTAG_ORIG, NTA_SCTP_VTAG_REPL)),
+    IPPROTO_DCCP: (DccpInfo, (NTA_DCCP_STATE, NTA_DCCP_ROLE)),
+    IPPROTO_UDP: (None, ()),
+}
+#: struct code of each handled attribute's payload (NTA_SPAT/DPAT are swapped afterwards)
+_PLAIN_CODES: Final = {
+    NTA_L4PROTO: "B", NTA_PORT: "HH", NTA_STATUS: "I", NTA_TIMEOUT: "I", NTA_MARK: "I",
+    NTA_SPAT_PORT: "H", NTA_DPAT_PORT: "H", NTA_SYNPROXY: "III", NTA_ZONE: "H",
+    NTA_TCP_STATE: "B", NTA_TCP_WSCALE_ORIG: "B", NTA_TCP_WSCALE_REPL: "B",
+    NTA_SCTP_STATE: "B", NTA_SCTP_VTAG_ORIG: "I", NTA_SCTP_VTAG_REPL: "I",
+    NTA_DCCP_STATE: "B", NTA_DCCP_ROLE: "B",
+}  # fmt: skip
+
+
+def _flow_builder(msg: bytes, pos: list[int]) -> Builder | None:
+    """A decoder generated for the layout of ``msg`` and its protocol, doing what
+    :func:`decode_flow` does for it, when that is simple: a port protocol, no master,
+    labels, helper, sequence adjustment, ICMP fields or NAT address of the other family
+    (anything else stays with :func:`decode_flow`).  It returns None for a message of the
+    layout whose protocol differs (the general code then decodes it)."""
+    v6 = bool(pos[NTA_IPV6])
+    group = NTA_IPV6 if v6 else NTA_IPV4
+    snat, dnat = (NTA_SNAT_IPV6, NTA_DNAT_IPV6) if v6 else (NTA_SNAT_IPV4, NTA_DNAT_IPV4)
+    proto = msg[pos[NTA_L4PROTO]] if pos[NTA_L4PROTO] else None
+    if proto is None or (pos[NTA_IPV4] and pos[NTA_IPV6]) or proto not in _PROTOINFO_ATTRS:
+        return None
+    info_cls, info_attrs = _PROTOINFO_ATTRS[proto]
+    present = {at for at, p in enumerate(pos) if p}
+    if not present <= _PLAIN_ATTRS | {group, snat, dnat, *info_attrs}:
+        return None
+    size = 16 if v6 else 4
+    codes = {**_PLAIN_CODES, group: f"{size}s{size}s", snat: f"{size}s", dnat: f"{size}s"}
+    fmt, cursor, names = [">"], 0, {}
+    for at in sorted(present, key=lambda a: pos[a]):
+        if pos[at] < cursor:
+            return None
+        fmt.append(f"{pos[at] - cursor}x{codes[at]}")
+        cursor = pos[at] + struct.calcsize(">" + codes[at])
+        count = len(struct.unpack(">" + codes[at], bytes(struct.calcsize(">" + codes[at]))))
+        names[at] = [f"a{at}_{i}" for i in range(count)]
+
+    def val(at: int, i: int = 0) -> str:
+        return names[at][i] if at in names else "None"
+
+    def swapped(at: int) -> str:  # NTA_SPAT/DPAT are little-endian on the wire
+        return f"((({names[at][0]} & 0xFF) << 8) | ({names[at][0]} >> 8))"
+
+    sport, dport = val(NTA_PORT, 0), val(NTA_PORT, 1)
+    rsport = swapped(NTA_DPAT_PORT) if NTA_DPAT_PORT in names else dport
+    rdport = swapped(NTA_SPAT_PORT) if NTA_SPAT_PORT in names else sport
+    src, dst = val(group, 0), val(group, 1)
+    rsrc = val(dnat) if dnat in names else dst
+    rdst = val(snat) if snat in names else src
+    info = "None"
+    if info_cls is not None and any(at in names for at in info_attrs):
+        fields = [val(at) for at in info_attrs]
+        fields += ["None"] * (len(info_cls._fields) - len(fields))
+        info = f"_new(_{info_cls.__name__}, ({', '.join(fields)},))"
+    synproxy = "None"
+    if NTA_SYNPROXY in names:  # on the wire: its, isn, tsoff
+        its, isn, tsoff = names[NTA_SYNPROXY]
+        synproxy = f"_new(_Synproxy, ({isn}, {its}, {tsoff}))"
+    flat = [n for at in sorted(names, key=lambda a: pos[a]) for n in names[at]]
+    source = "\n".join(
+        [
+            "def build(msg):",
+            f"    {', '.join(flat)}, = _unpack(msg)",
+            f"    if {val(NTA_L4PROTO)} != {proto}:",
+            "        return None",
+            f"    orig = _new(_Tuple, ({src}, {dst}, {proto}, {sport}, {dport}) + _NONE4)",
+            f"    reply = _new(_Tuple, ({rsrc}, {rdst}, {proto}, {rsport}, {rdport}) + _NONE4)",
+            f"    return _new(_Flow, (orig, reply, {val(NTA_STATUS)}, {val(NTA_TIMEOUT)}, "
+            f"{val(NTA_MARK)}, {val(NTA_ZONE)}, None, None, {info}, None, None, None, "
+            f"{synproxy}) + _TAIL)",
+        ]
+    ) + "\n"  # fmt: skip
+    ns: dict[str, object] = {
+        "_new": _new, "_Tuple": Tuple, "_Flow": Flow, "_TcpInfo": TcpInfo, "_SctpInfo": SctpInfo,
+        "_DccpInfo": DccpInfo, "_Synproxy": Synproxy, "_TAIL": _FLOW_TAIL, "_NONE4": (None,) * 4,
+        "_unpack": struct.Struct("".join(fmt)).unpack_from,
+    }  # fmt: skip
+    exec(compile(source, "<wire flow layout>", "exec"), ns)
+    build: Builder = ns["build"]  # type: ignore[assignment]
+    build.__source__ = source  # type: ignore[attr-defined]
+    return build
+
+
 def decode_flow(buf: bytes, start: int, end: int) -> tuple[Flow, Extra]:
     """A flow from the attributes in ``buf[start:end]`` (a CT message after its header).
 
@@ -444,7 +626,16 @@ def decode_flow(buf: bytes, start: int, end: int) -> tuple[Flow, Extra]:
     Raises :class:`WireError` for anything conntrackd would drop, and for messages with no
     usable original tuple (no address group, or no protocol), which are useless to us.
     """
-    pos = _walk(buf, start, end, _CT_LEN, CT_ATTRS, "ct")
+    buf = buf[start:end]  # offsets relative to the message: its layout's are reusable
+    known = _CT_LAYOUTS.find(buf)
+    if known is None:
+        pos = _CT_LAYOUTS.walk(buf)
+    else:
+        pos, build = known
+        if build is not None:
+            flow = build(buf)
+            if flow is not None:
+                return flow, ()
     # one local per attribute number (the table order): payload offset, 0 when absent
     (
         p_ipv4, p_ipv6, p_l4proto, p_port, p_tcp_state, p_status, p_timeout, p_mark,
@@ -655,6 +846,9 @@ def _extra(
     return out
 
 
+_CT_LAYOUTS: Final = _Layouts(_CT_LEN, CT_ATTRS, "ct", _flow_builder)
+
+
 # --- flows and expectations: encode --------------------------------------------------------
 class AttrEncoder:
     """Builds message payloads for one peer.
@@ -673,7 +867,14 @@ class AttrEncoder:
     attribute.
     """
 
-    __slots__ = ("nta_max", "omitted", "peer_version", "send_timeout", "tcp_window_tracking")
+    __slots__ = (
+        "_fast_head",
+        "nta_max",
+        "omitted",
+        "peer_version",
+        "send_timeout",
+        "tcp_window_tracking",
+    )
 
     def __init__(
         self,
@@ -688,6 +889,9 @@ class AttrEncoder:
         self.tcp_window_tracking = tcp_window_tracking
         #: attribute number -> objects sent without it because the peer is too old
         self.omitted: dict[int, int] = {}
+        #: whether a TCP flow's first attributes may come from one _TCP_HEADS pack (the
+        #: window scales would sit between them; a CommitTimeout leaves NTA_TIMEOUT out)
+        self._fast_head = send_timeout and not tcp_window_tracking
 
     def _omit(self, atype: int) -> None:
         self.omitted[atype] = self.omitted.get(atype, 0) + 1
@@ -696,8 +900,8 @@ class AttrEncoder:
     def flow(self, flow: Flow) -> bytes:
         """The attributes of a CT message, in conntrackd's order (§1.7).
 
-        One straight pass with a prebuilt ``struct`` per attribute shape: about 1 µs for
-        a typical TCP flow, so no separate fast path is needed."""
+        One straight pass with a prebuilt ``struct`` per attribute shape, and the usual
+        start of a TCP flow in a single one (:data:`_TCP_HEADS`)."""
         (
             orig,
             reply,
@@ -714,12 +918,98 @@ class AttrEncoder:
             synproxy,
         ) = flow[:13]
         src, dst, proto, sport, dport, itype, icode, iid = orig[:8]
+        out: list[bytes] | None = None
+        if (
+            self._fast_head
+            and proto == IPPROTO_TCP
+            and type(protoinfo) is TcpInfo
+            and protoinfo[0] is not None
+            and sport is not None
+            and dport is not None
+            and timeout is not None
+            and mark is not None
+            and len(src) == len(dst)
+        ):
+            head = _TCP_HEADS.get(len(src))
+            if head is not None:
+                try:
+                    out = [head(src, dst, status or 0, sport, dport, protoinfo[0], timeout, mark)]
+                except struct.error:  # a value out of range: the attribute-wise path names it
+                    out = None
+        if out is None:
+            out = self._head(src, dst, proto, sport, dport, itype, icode, iid, flow)
+        v6 = len(src) == 16
+        ap = out.append
+        where = NTA_MARK
+        try:
+            if master is not None:
+                where = NTA_MASTER_IPV4
+                msrc, mdst, mproto, msport, mdport = master[:5]
+                if len(msrc) == 4 and len(mdst) == 4:
+                    ap(_H_MASTER_IPV4 + msrc + mdst)
+                elif len(msrc) == 16 and len(mdst) == 16:
+                    ap(_H_MASTER_IPV6 + msrc + mdst)
+                else:
+                    raise ValueError(
+                        f"NTA_MASTER_IPV4/NTA_MASTER_IPV6: addresses of {len(msrc)} and "
+                        f"{len(mdst)} bytes (need 4+4 or 16+16)"
+                    )
+                where = NTA_MASTER_L4PROTO
+                ap(_A_U8(5, NTA_MASTER_L4PROTO, mproto))
+                where = NTA_MASTER_PORT
+                if msport is not None and mdport is not None:
+                    ap(_A_PORTS(8, NTA_MASTER_PORT, msport, mdport))
+            if reply is not None:
+                where = NTA_SNAT_IPV4
+                self._nat(ap, v6, src, dst, sport, dport, proto, reply)
+            where = NTA_NAT_SEQ_ADJ
+            if seqadj_orig is not None and seqadj_reply is not None:
+                ap(_A_SEQADJ(28, NTA_NAT_SEQ_ADJ, *seqadj_orig, *seqadj_reply))
+            limit = self.nta_max
+            if helper is not None:
+                ap(_string(NTA_HELPER_NAME, helper, 16, "NTA_HELPER_NAME"))
+            if labels is not None:
+                words = _labels_payload(labels)
+                if words is not None:
+                    if limit > NTA_LABELS:
+                        ap(_hdr(4 + len(words), NTA_LABELS) + words)
+                    else:
+                        self._omit(NTA_LABELS)
+            where = NTA_SYNPROXY
+            if synproxy is not None:
+                if limit > NTA_SYNPROXY:
+                    isn, its, tsoff = synproxy
+                    ap(_A_3U32(16, NTA_SYNPROXY, its, isn, tsoff))
+                elif synproxy != _ZERO_SYNPROXY:
+                    self._omit(NTA_SYNPROXY)
+            where = NTA_ZONE
+            if zone is not None:
+                if limit > NTA_ZONE:
+                    ap(_A_U16(6, NTA_ZONE, zone))
+                elif zone:
+                    self._omit(NTA_ZONE)
+        except (struct.error, TypeError) as exc:
+            raise ValueError(f"{CT_ATTRS[where].name}: {exc}") from None
+        return b"".join(out)
+
+    def _head(
+        self,
+        src: bytes,
+        dst: bytes,
+        proto: int,
+        sport: int | None,
+        dport: int | None,
+        itype: int | None,
+        icode: int | None,
+        iid: int | None,
+        flow: Flow,
+    ) -> list[bytes]:
+        """The attributes from the address group to NTA_MARK, one by one (any flow)."""
+        status, timeout, mark, protoinfo = flow[2], flow[3], flow[4], flow[8]
         size = len(src)
         if size == 4 and len(dst) == 4:
-            v6 = False
             out = [_H_IPV4 + src + dst]
         elif size == 16 and len(dst) == 16:
-            v6 = True
             out = [_H_IPV6 + src + dst]
         else:
             raise ValueError(
@@ -785,55 +1075,9 @@ class AttrEncoder:
             where = NTA_MARK
             if mark is not None:
                 ap(_A_U32(8, NTA_MARK, mark))
-            if master is not None:
-                where = NTA_MASTER_IPV4
-                msrc, mdst, mproto, msport, mdport = master[:5]
-                if len(msrc) == 4 and len(mdst) == 4:
-                    ap(_H_MASTER_IPV4 + msrc + mdst)
-                elif len(msrc) == 16 and len(mdst) == 16:
-                    ap(_H_MASTER_IPV6 + msrc + mdst)
-                else:
-                    raise ValueError(
-                        f"NTA_MASTER_IPV4/NTA_MASTER_IPV6: addresses of {len(msrc)} and "
-                        f"{len(mdst)} bytes (need 4+4 or 16+16)"
-                    )
-                where = NTA_MASTER_L4PROTO
-                ap(_A_U8(5, NTA_MASTER_L4PROTO, mproto))
-                where = NTA_MASTER_PORT
-                if msport is not None and mdport is not None:
-                    ap(_A_PORTS(8, NTA_MASTER_PORT, msport, mdport))
-            if reply is not None:
-                where = NTA_SNAT_IPV4
-                self._nat(ap, v6, src, dst, sport, dport, proto, reply)
-            where = NTA_NAT_SEQ_ADJ
-            if seqadj_orig is not None and seqadj_reply is not None:
-                ap(_A_SEQADJ(28, NTA_NAT_SEQ_ADJ, *seqadj_orig, *seqadj_reply))
-            limit = self.nta_max
-            if helper is not None:
-                ap(_string(NTA_HELPER_NAME, helper, 16, "NTA_HELPER_NAME"))
-            if labels is not None:
-                words = _labels_payload(labels)
-                if words is not None:
-                    if limit > NTA_LABELS:
-                        ap(_hdr(4 + len(words), NTA_LABELS) + words)
-                    else:
-                        self._omit(NTA_LABELS)
-            where = NTA_SYNPROXY
-            if synproxy is not None:
-                if limit > NTA_SYNPROXY:
-                    isn, its, tsoff = synproxy
-                    ap(_A_3U32(16, NTA_SYNPROXY, its, isn, tsoff))
-                elif synproxy != _ZERO_SYNPROXY:
-                    self._omit(NTA_SYNPROXY)
-            where = NTA_ZONE
-            if zone is not None:
-                if limit > NTA_ZONE:
-                    ap(_A_U16(6, NTA_ZONE, zone))
-                elif zone:
-                    self._omit(NTA_ZONE)
         except (struct.error, TypeError) as exc:
             raise ValueError(f"{CT_ATTRS[where].name}: {exc}") from None
-        return b"".join(out)
+        return out
 
     def _nat(
         self,

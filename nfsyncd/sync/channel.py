@@ -22,7 +22,7 @@ import os
 import socket
 import struct
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from typing import ClassVar, Final
 
@@ -230,6 +230,17 @@ class Channel(ABC):
     @abstractmethod
     async def send(self, datagram: bytes) -> bool:
         """Send one packed datagram; False (and counted) when the network refused it."""
+
+    async def send_many(self, datagrams: Sequence[bytes]) -> int:
+        """Send datagrams in order; how many went (the others are counted as failed).
+
+        Datagram channels override this with a loop of plain non-blocking sends: one
+        awaited trio send per datagram cost more than building its messages."""
+        sent = 0
+        for datagram in datagrams:
+            if await self.send(datagram):
+                sent += 1
+        return sent
 
     @abstractmethod
     async def receive(self) -> list[Message]:

@@ -32,6 +32,7 @@ from ..mirror import KernelMirror
 from ..model import EventKind, Expectation, Flow
 from .links import LinkSet
 from .modes import SyncMode, make_mode
+from .parity import HelperMismatchError, HelperParity, local_helpers
 from .wire import Encoder, Message, NetworkStats, pack_datagrams
 
 __all__ = ["ROLES", "SyncEngine", "TransitionResult"]
@@ -49,6 +50,9 @@ RESYNC_QUIET = 1.0
 #: (a bulk of a million entries takes a few seconds at the measured rates)
 RESYNC_MAX = 5.0
 _NEW = EventKind.NEW
+#: datagrams sent between two checkpoints (~100 µs of sending: the receive side and the
+#: control socket stay responsive during a bulk send)
+SEND_BATCH = 64
 
 
 @dataclass(slots=True)
@@ -139,6 +143,19 @@ class SyncEngine:
         self._last_data: float | None = None
         self._commit_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
+        # helper parity with the peer: only expectation sync needs it
+        self.parity: HelperParity | None = None
+        self._parity_wake = trio.Event()
+        self._parity_hellos = 0
+        if config.expectations.sync:
+            self.parity = HelperParity(
+                local_helpers(config),
+                clock=time.monotonic,
+                policy=config.expectations.helper_mismatch,
+            )
+            # the decoder hands nfsyncd's version-2 extension messages over instead of
+            # counting them as a wrong protocol version
+            self.network.extension = self._extension
 
     # -- lifecycle -------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -164,6 +181,8 @@ class SyncEngine:
                     await nursery.start(self.links.run, self._deliver)
                     nursery.start_soon(self._sender)
                     nursery.start_soon(self._timers)
+                    if self.parity is not None:
+                        nursery.start_soon(self._parity_loop)
                     if self.injector is not None:
                         nursery.start_soon(self._injecting)
                     if self.sync.startup_resync:
@@ -200,6 +219,7 @@ class SyncEngine:
         while True:
             await self._send_wake.wait()
             self._send_wake = trio.Event()
+            await self._send_parity()
             await self.flush_output()
 
     async def flush_output(self) -> int:
@@ -213,15 +233,23 @@ class SyncEngine:
             msgs = self.mode.output()
             if not msgs:
                 break
-            for datagram in pack_datagrams(msgs, self.links.payload_size):
-                if await self.links.send(datagram):
-                    self.stats.datagrams_sent += 1
-                else:
-                    self.stats.send_failures += 1
+            await self._send_datagrams(pack_datagrams(msgs, self.links.payload_size))
             sent += len(msgs)
             self.stats.messages_sent += len(msgs)
         self._retime()  # sending re-armed the mode's timers (maybe new ALARM refreshes)
         return sent
+
+    async def _send_datagrams(self, datagrams: list[bytes]) -> None:
+        """Hand the datagrams to the active link in batches of :data:`SEND_BATCH`: each
+        batch is one loop of plain socket sends and one checkpoint, and the active link is
+        looked up again for the next one (it may change meanwhile)."""
+        stats = self.stats
+        links = self.links
+        for i in range(0, len(datagrams), SEND_BATCH):
+            batch = datagrams[i : i + SEND_BATCH]
+            ok = await links.channels[links.active].send_many(batch)
+            stats.datagrams_sent += ok
+            stats.send_failures += len(batch) - ok
 
     def _retime(self) -> None:
         """Wake the timer task only when a deadline earlier than the one it sleeps for
@@ -266,6 +294,8 @@ class SyncEngine:
         if pending and self._resync_heard is None:
             self._resync_heard = now
         data = self.mode.receive(msgs)
+        if self.parity is not None:
+            self._parity_check(data)
         if data:
             self.stats.data_received += len(data)
             self._last_data = now
@@ -281,6 +311,62 @@ class SyncEngine:
             self.bulk()
         if self.mode.has_output():
             self._send_wake.set()
+
+    # -- helper parity (nfsyncd/sync/parity.py) -----------------------------------------------
+    def _extension(self, message: bytes) -> None:
+        """A version-2 message (nfsyncd's own, which conntrackd skips), from the decoder."""
+        assert self.parity is not None
+        try:
+            self.parity.receive(message)
+        except Exception:  # a bug here must not stop the receive loop
+            log.exception("helper announce from the peer")
+        self._parity_wake.set()
+
+    def _parity_check(self, data: list[Message]) -> None:
+        parity = self.parity
+        assert parity is not None
+        hellos = getattr(self.mode, "hellos", 0)  # FTFW's peer sessions
+        if hellos != self._parity_hellos:
+            if self._parity_hellos:  # not the first session: the peer restarted
+                parity.peer_restarted()
+                self._parity_wake.set()
+            self._parity_hellos = hellos
+        if data:
+            parity.check_messages(data)
+            if parity.fatal is not None:
+                self._parity_wake.set()
+
+    def set_helpers(self, config: Config) -> bool:
+        """A reload: announce the new local helper set if it changed."""
+        if self.parity is None or not self.parity.set_local(local_helpers(config)):
+            return False
+        self._parity_wake.set()
+        return True
+
+    async def _parity_loop(self) -> None:
+        """The announce timer; raises (ends the daemon) on a fatal mismatch."""
+        parity = self.parity
+        assert parity is not None
+        parity.start()
+        while True:
+            parity.tick()
+            if parity.fatal is not None:
+                raise HelperMismatchError(f"helper mismatch: {parity.fatal}")
+            if parity.has_output():
+                self._send_wake.set()
+            due = parity.deadline()
+            with trio.move_on_after(math.inf if due is None else max(0.0, due - time.monotonic())):
+                await self._parity_wake.wait()
+            self._parity_wake = trio.Event()
+
+    async def _send_parity(self) -> None:
+        """Announces go out from the sender task, as datagrams of their own, so they never
+        interleave with a data datagram on a TCP link."""
+        if self.parity is None:
+            return
+        for message in self.parity.output():
+            if not await self.links.send(message):
+                self.stats.send_failures += 1
 
     async def _injecting(self) -> None:
         assert self.injector is not None
@@ -469,6 +555,18 @@ class SyncEngine:
             "links": len(self.sync.links),
             "external_cache": ext is not None,
             "purge_in": None if self.purge_in is None else round(self.purge_in, 1),
+            "helpers": None if self.parity is None else self.parity.status(),
+        }
+
+    def _parity_counters(self) -> dict[str, int]:
+        parity = self.parity
+        if parity is None:
+            return {}
+        return {
+            "helper_mismatches": parity.mismatches,
+            "expectations_without_local_helper": sum(parity.without_helper.values()),
+            "announces_sent": parity.sent,
+            "announces_received": parity.received,
         }
 
     def external_counts(self) -> dict[str, int]:
@@ -517,6 +615,7 @@ class SyncEngine:
                 "purges": s.purges,
                 "transitions": dict(s.transitions),
                 "link_switches": self.links.switches,
+                **self._parity_counters(),
             },
             "external": self.external.stats_dict()
             if self.external is not None

@@ -276,8 +276,20 @@ class FtfwMode(SyncMode):
             self.network.count(Reason.MALFORMED_HEADER)
             return
         rs = self._rs
-        for key in self._range(first, last):
-            del rs[key]
+        # Usually the range is the front of the queue (ACKs come in order): count the
+        # leading entries in it and pop them, without collecting their keys.
+        span = (last - first) & SEQ_MASK
+        n = 0
+        for entry in rs.values():
+            if (entry[0] - first) & SEQ_MASK > span:
+                break
+            n += 1
+        pop = rs.popitem
+        for _ in range(n):
+            pop(last=False)
+        if rs and not _after(next(iter(rs.values()))[0], last):
+            for key in self._range(first, last):  # older entries were left in front
+                del rs[key]
 
     def _nack(self, first: int, last: int) -> None:
         if _after(first, last):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from ..metrics import Metric
 from .engine import SyncEngine
+from .parity import HelperParity
 
 __all__ = ["sync_metrics"]
 
@@ -43,7 +44,7 @@ def sync_metrics(engine: SyncEngine) -> list[Metric]:
         if name in queues:
             queue.add(_num(queues[name]), queue=name.removesuffix("_queue"))
     ext = engine.external_counts()
-    return [
+    out = [
         Metric("nfsyncd_sync_in_sync", "gauge", "1 when the peer is reachable and in sync.").add(
             int(ok)
         ),
@@ -73,4 +74,38 @@ def sync_metrics(engine: SyncEngine) -> list[Metric]:
         Metric("nfsyncd_sync_link_switches_total", "counter", "Active link changes.").add(
             engine.links.switches
         ),
+    ]
+    if engine.parity is not None:
+        out += _parity_metrics(engine.parity)
+    return out
+
+
+def _parity_metrics(parity: HelperParity) -> list[Metric]:
+    missing = Metric(
+        "nfsyncd_helpers_missing", "gauge", "Helpers one side assigns and the other does not."
+    )
+    for helper in sorted(parity.missing_here):
+        missing.add(1, helper=helper, missing="here")
+    for helper in sorted(parity.missing_on_peer):
+        missing.add(1, helper=helper, missing="peer")
+    without = Metric(
+        "nfsyncd_expectations_without_local_helper_total",
+        "counter",
+        "Peer expectations whose helper this node does not assign.",
+    )
+    for helper, count in sorted(parity.without_helper.items()):
+        without.add(count, helper=helper)
+    return [
+        Metric("nfsyncd_helper_mismatches_total", "counter", "Helper set mismatches seen.").add(
+            parity.mismatches
+        ),
+        missing,
+        without,
+        Metric("nfsyncd_helper_announces_total", "counter", "Helper announces.")
+        .add(parity.sent, direction="sent")
+        .add(parity.received, direction="received")
+        .add(parity.malformed, direction="malformed"),
+        Metric(
+            "nfsyncd_helper_peer_announces", "gauge", "1 when the peer announced its helpers."
+        ).add(int(parity.peer is not None)),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from collections.abc import Sequence
 from typing import ClassVar
 
 import trio
@@ -18,11 +19,14 @@ from .._config_types import SyncLink
 from .channel import RECV_BUFFER, SO_NO_CHECK, Channel, set_buffers, sockaddr
 from .wire import Message, NetworkStats, decode_datagram
 
-__all__ = ["DatagramChannel", "UdpChannel"]
+__all__ = ["RECV_BATCH", "DatagramChannel", "UdpChannel"]
 
 log = logging.getLogger("nfsyncd.sync.channel")
 
 SockAddr = tuple[str, int] | tuple[str, int, int, int]
+
+#: datagrams read per :meth:`DatagramChannel.receive` at most (then the caller's turn)
+RECV_BATCH = 64
 
 
 class DatagramChannel(Channel):
@@ -36,6 +40,9 @@ class DatagramChannel(Channel):
         self._tx: trio.socket.SocketType | None = None
         self._dest: SockAddr = ("0.0.0.0", 0)
         self._failing = False
+        #: the sender as the stdlib socket trio wraps (non-blocking), for send_many
+        self._tx_raw: socket.socket | None = None
+        self._rx_raw: socket.socket | None = None
 
     def _family(self) -> socket.AddressFamily:
         return socket.AF_INET6 if self.ipv6 else socket.AF_INET
@@ -65,6 +72,8 @@ class DatagramChannel(Channel):
             tx.setsockopt(socket.SOL_SOCKET, SO_NO_CHECK, 1)
         self._rx = trio.socket.from_stdlib_socket(rx)
         self._tx = trio.socket.from_stdlib_socket(tx)
+        self._tx_raw = tx
+        self._rx_raw = rx
         self.closed = False
 
     def _bind(self, sock: socket.socket, addr: SockAddr) -> None:
@@ -87,36 +96,89 @@ class DatagramChannel(Channel):
         try:
             await tx.sendto(datagram, self._dest)
         except (OSError, trio.ClosedResourceError) as exc:
-            self.stats.send_errors += 1
-            if not self._failing:
-                self._failing = True
-                log.warning("%s: send failed: %s", self.name, exc)
+            self._send_failed(exc)
             return False
+        self._sent(len(datagram))
+        return True
+
+    async def send_many(self, datagrams: Sequence[bytes]) -> int:
+        """Send in a loop of plain non-blocking ``sendto`` calls, waiting for the socket
+        only when its buffer is full, then one checkpoint: an awaited trio ``sendto`` per
+        datagram cost ~15 µs, more than the ~16 flows each datagram carries cost to encode.
+        The caller hands over bounded batches, so the loop stays responsive."""
+        tx = self._tx_raw
+        if tx is None or self.closed:
+            self.stats.send_errors += len(datagrams)
+            return 0
+        dest = self._dest
+        sent = 0
+        for datagram in datagrams:
+            while True:
+                try:
+                    tx.sendto(datagram, dest)
+                except BlockingIOError:
+                    try:
+                        await trio.lowlevel.wait_writable(tx)
+                    except (OSError, trio.ClosedResourceError) as exc:
+                        self._send_failed(exc)
+                        break
+                    continue
+                except OSError as exc:
+                    self._send_failed(exc)
+                    break
+                self._sent(len(datagram))
+                sent += 1
+                break
+        await trio.lowlevel.checkpoint()
+        return sent
+
+    def _send_failed(self, exc: BaseException) -> None:
+        self.stats.send_errors += 1
+        if not self._failing:
+            self._failing = True
+            log.warning("%s: send failed: %s", self.name, exc)
+
+    def _sent(self, nbytes: int) -> None:
         if self._failing:
             self._failing = False
             log.info("%s: sending again", self.name)
-        self._count_sent(len(datagram))
-        return True
+        self._count_sent(nbytes)
 
     async def receive(self) -> list[Message]:
+        """The messages of every datagram waiting (at most :data:`RECV_BATCH`): one wait
+        for the socket, then plain non-blocking reads until it is empty; an awaited trio
+        ``recv`` per datagram cost about as much as decoding the datagram."""
         while True:
-            rx = self._rx
+            rx = self._rx_raw
             if rx is None or self.closed:
                 raise trio.ClosedResourceError(f"{self.name} is closed")
             try:
-                data = await rx.recv(RECV_BUFFER)
-            except OSError as exc:
-                if self.closed:
-                    raise trio.ClosedResourceError(f"{self.name} is closed") from exc
-                self.stats.recv_errors += 1
-                log.debug("%s: receive failed: %s", self.name, exc)
-                await trio.lowlevel.checkpoint()
-                continue
-            self._count_received(len(data))
-            return decode_datagram(data, self.network)
+                await trio.lowlevel.wait_readable(rx)
+            except OSError as exc:  # ClosedResourceError, or a socket closed under us
+                raise trio.ClosedResourceError(f"{self.name} is closed") from exc
+            msgs: list[Message] = []
+            got = 0
+            for _ in range(RECV_BATCH):
+                try:
+                    data = rx.recv(RECV_BUFFER)
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if self.closed:
+                        raise trio.ClosedResourceError(f"{self.name} is closed") from exc
+                    self.stats.recv_errors += 1
+                    log.debug("%s: receive failed: %s", self.name, exc)
+                    break
+                got += 1
+                self._count_received(len(data))
+                msgs += decode_datagram(data, self.network)
+            if got:
+                return msgs
+            await trio.lowlevel.checkpoint()
 
     def close(self) -> None:
         self.closed = True
+        self._tx_raw = self._rx_raw = None
         for sock in (self._rx, self._tx):
             if sock is not None:
                 sock.close()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import enum
 import struct
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
@@ -108,6 +108,9 @@ _pack_ack = _NETHDR_ACK.pack
 _unpack_hdr = _NETHDR.unpack_from
 _RANGE = struct.Struct(">II").unpack_from
 _new = tuple.__new__
+#: version 2, type CTL: nfsyncd's extension messages (conntrackd skips them as a wrong
+#: version); a receiver that sets :attr:`NetworkStats.extension` gets them whole
+_EXTENSION_CTL: Final = 0x20 | _CTL
 
 
 class Message(NamedTuple):
@@ -325,6 +328,25 @@ def _decode_into(
     end = len(buf)
     append = out.append
     while off < end:
+        if end - off >= NETHDR_SIZE:
+            # The usual case inline: a well-framed data message (version 1, type 0-5, no
+            # flags but HELLO bits), what _frame and _decode_body would accept as one.
+            b0, flags, ln, seq = _unpack_hdr(buf, off)
+            if 0x10 <= b0 <= 0x15 and NETHDR_SIZE <= ln <= end - off and not flags & ~_HELLO_BITS:
+                obj: Flow | Expectation
+                try:
+                    if b0 <= 0x12:
+                        obj, extra = decode_flow(buf, off + NETHDR_SIZE, off + ln)
+                    else:
+                        obj, extra = decode_expect(buf, off + NETHDR_SIZE, off + ln)
+                    append(_new(Message, (b0 & 0x0F, flags, seq, obj, 0, 0, extra)))
+                except WireError as exc:
+                    stats.count(exc.reason, exc)
+                except Exception as exc:  # a decoder bug must not kill the receiver
+                    bug = WireError(Reason.MALFORMED_PAYLOAD, f"internal decoder error {exc!r}")
+                    stats.count(Reason.MALFORMED_PAYLOAD, bug)
+                off += ln
+                continue
         try:
             ln = _frame(buf, off, end)
         except WireError as exc:
@@ -335,7 +357,10 @@ def _decode_into(
         try:
             append(_decode_body(buf, off, ln))
         except WireError as exc:
-            stats.count(exc.reason, exc)
+            if buf[off] == _EXTENSION_CTL and stats.extension is not None:
+                stats.extension(buf[off : off + ln])  # nfsyncd's own, not a wrong version
+            else:
+                stats.count(exc.reason, exc)
         except Exception as exc:  # a decoder bug must not kill the receiver; tests hunt these
             bug = WireError(Reason.MALFORMED_PAYLOAD, f"internal decoder error {exc!r}")
             stats.count(Reason.MALFORMED_PAYLOAD, bug)
@@ -427,6 +452,7 @@ class NetworkStats:
     before: int = 0
     send_malformed: int = 0
     last_error: str | None = None
+    extension: Callable[[bytes], None] | None = field(default=None, repr=False, compare=False)
 
     def count(self, reason: Reason, error: WireError | None = None) -> None:
         """One dropped message (sync modes call this too, e.g. NOTRACK for an ACK)."""

@@ -21,8 +21,17 @@ from tests._support import wait_until
 STOP_TIMEOUT = 10.0
 
 
-def base_config(tmp: Path, extra: str = "", *, metrics: str = "127.0.0.1:0") -> str:
-    """A config whose control socket lives in ``tmp/run``; ``extra`` goes into [general]."""
+def base_config(
+    tmp: Path, extra: str = "", *, metrics: str = "127.0.0.1:0", nftables: str | None = None
+) -> str:
+    """A config whose control socket lives in ``tmp/run``; ``extra`` goes into [general].
+
+    ``nftables`` is the body of the [nftables] table; by default the daemon's own nft table
+    is off here, because its ct rules switch conntrack on in a namespace that had none, and
+    these tests count the flows of a quiet namespace (the control and HTTP connections on
+    127.0.0.1 would become flows). Pass ``nftables=""`` for the default table.
+    """
+    table = "enabled = false\n" if nftables is None else nftables
     return (
         "[general]\n"
         f'control_socket = "{tmp / "run" / "control.sock"}"\n'
@@ -30,6 +39,8 @@ def base_config(tmp: Path, extra: str = "", *, metrics: str = "127.0.0.1:0") -> 
         f"{extra}\n"
         "[metrics]\n"
         f'listen = "{metrics}"\n'
+        "[nftables]\n"
+        f"{table}"
     )
 
 

@@ -24,6 +24,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from nfsyncd.config import CT_EVENT_NAMES
 from nfsyncd.kernel import Conntrack
 from nfsyncd.lab.netns import Netns
 from nfsyncd.lab.sync_conntrackd import parse_dump_line
@@ -399,7 +400,9 @@ def test_commit_keeps_nat_mark_zone_labels_helper_status_and_expectations(
     lab = sync_lab
     for fw in ("fw1", "fw2"):
         lab.ns(fw).nft(PAIR_RULES)
-    d1, d2 = nfs_pair(start_pair, lab, expectations=True)
+    # Exact TCP states on the peer need every state change: the default event set only
+    # reports a flow's start, its assured point and its end.
+    d1, d2 = nfs_pair(start_pair, lab, expectations=True, nft_events=CT_EVENT_NAMES)
 
     made = lab.create_flows("fw1", fidelity_flows())
     keys = {flow_key(f) for f in made}
@@ -625,3 +628,100 @@ def test_notrack_without_internal_cache(sync_lab: SyncLab, start_pair: StartPair
     assert d2.ctl("-c").stdout == ""  # conntrackd's flag: silent, like conntrackd
     assert now <= lab.kernel_keys("fw2")
     assert d2.stats("sync")["sync"]["commits"] == 1
+
+
+# -- FTP across a takeover: expectations in inject mode, the NAT helper's sequence adjustment ---
+
+SEQADJ_PORT, SNAT_ALIAS = 2122, "198.19.0.100"
+#: the ftp helper and SNAT to an address of another length: the NAT helper rewrites PORT
+SEQADJ_RULES = f"""
+table inet seqadj {{
+  ct helper ftp-standard {{ type "ftp" protocol tcp; }}
+  chain out {{ type filter hook output priority filter;
+    tcp dport {SEQADJ_PORT} ct helper set "ftp-standard"
+  }}
+}}
+table ip seqadj_nat {{
+  chain post {{ type nat hook postrouting priority 100; tcp dport {SEQADJ_PORT} snat to {SNAT_ALIAS}; }}
+}}
+"""  # noqa: E501
+
+
+def test_inject_bulk_after_takeover_keeps_the_expectation(
+    sync_lab: SyncLab, start_pair: StartPair, ftp_server: FtpFactory, stack: ExitStack
+) -> None:
+    """``disable_external_cache``: when fw2 takes over, its bulk reaches fw1, which holds
+    every flow already.  fw1 updates them in place: re-creating the FTP control connection
+    would drop fw1's expectation, a death the kernel reports as nobody's doing, so fw1
+    would sync an EXP_DEL back and remove fw2's copy, the one the data connection needs."""
+    lab = sync_lab
+    for fw in ("fw1", "fw2"):
+        lab.ns(fw).nft(PAIR_RULES)
+    d1, d2 = nfs_pair(start_pair, lab, disable_external_cache=True, expectations=True)
+    ftp = FtpSession(lab, ftp_server, stack)
+    wait_keys(lambda: lab.kernel_keys("fw2"), ftp.keys, "the FTP flows injected into fw2")
+    wait_until(lambda: ftp.find(kernel_expects(lab, "fw2")), what="the expectation on fw2")
+    ids = {flow_key(f): f.id for f in lab.kernel_flows("fw1")}
+    created = d1.external_counters()["created"]
+
+    done = d2.ctl_json("notify", "primary")
+    assert done["bulk"] >= len(ftp.keys) + 1, done  # the flows and the expectation
+    wait_until(
+        lambda: d1.external_counters()["created"] >= created + len(ftp.keys),
+        what="fw1 to take fw2's bulk",
+    )
+    # whatever fw1 sent about the bulk reaches fw2 before a flow fw1 makes afterwards
+    [marker] = lab.create_flows("fw1", 1, base=7000)
+    wait_keys(lambda: lab.kernel_keys("fw2"), {flow_key(marker)}, "a later flow of fw1 on fw2")
+    assert ftp.find(kernel_expects(lab, "fw2")) is not None, "fw2 lost the expectation"
+    assert ftp.find(kernel_expects(lab, "fw1")) is not None, "fw1 lost the expectation"
+    after = {flow_key(f): f.id for f in lab.kernel_flows("fw1")}
+    assert after[ftp.control] == ids[ftp.control], "fw1 re-created its control connection"
+
+
+@pytest.mark.parametrize("inject", [False, True], ids=["cache", "inject"])
+def test_seqadj_of_a_port_rewritten_by_snat_reaches_the_peer(
+    inject: bool, sync_lab: SyncLab, start_pair: StartPair, ftp_server: FtpFactory, stack: ExitStack
+) -> None:
+    """A PORT command through SNAT to an address of another length is rewritten by fw1's
+    ftp NAT helper, which leaves a TCP sequence adjustment on the control connection; fw2
+    must get it (commit, or inject) with fw1's values, or the connection breaks there."""
+    lab = sync_lab
+    for fw in ("fw1", "fw2"):
+        lab.ns(fw).nft(SEQADJ_RULES)
+    lab.ns("fw1").ip("addr", "add", f"{SNAT_ALIAS}/32", "dev", "tr0")
+    _d1, d2 = nfs_pair(start_pair, lab, expectations=True, disable_external_cache=inject)
+    server = ftp_server(lab.srv("fw1"), TRAFFIC_SRV, port=SEQADJ_PORT)
+    with lab.ns("fw1").entered():
+        ftp = ftplib.FTP()
+        ftp.connect(server.address, server.port, timeout=5)
+        listener = socket.create_server((TRAFFIC_FW, 0))
+    stack.callback(ftp.close)
+    stack.enter_context(listener)
+    assert ftp.sock is not None
+    ftp.login()
+    port = listener.getsockname()[1]
+    reply = ftp.sendcmd(f"PORT {TRAFFIC_FW.replace('.', ',')},{port >> 8},{port & 0xFF}")
+    assert reply.startswith("200"), reply
+    control = FlowKey(6, TRAFFIC_FW, TRAFFIC_SRV, ftp.sock.getsockname()[1], SEQADJ_PORT)
+    mine = {flow_key(f): f for f in lab.kernel_flows("fw1")}[control]
+    assert mine.seqadj_orig is not None and mine.seqadj_orig.offset_after != 0, mine
+
+    def on_fw2() -> Flow | None:
+        return {flow_key(f): f for f in lab.kernel_flows("fw2")}.get(control)
+
+    if not inject:
+
+        def cached() -> bool:
+            flows = {json_flow_key(i): i for i in d2.dump("external")}
+            return "SEQ_ADJUST" in flows.get(control, {}).get("status", [])
+
+        wait_until(cached, what="the adjusted control connection in fw2's external cache")
+        assert d2.ctl_json("commit")["flows_failed"] == 0
+    wait_until(
+        lambda: (theirs := on_fw2()) is not None and theirs.seqadj_orig == mine.seqadj_orig,
+        what=f"fw1's sequence adjustment {mine.seqadj_orig} on fw2",
+    )
+    theirs = on_fw2()
+    assert theirs is not None and (theirs.status or 0) & Status.SEQ_ADJUST, theirs
+    assert theirs.seqadj_reply == mine.seqadj_reply

@@ -19,7 +19,10 @@ from hypothesis import strategies as st
 
 from nfsyncd._config_locate import KeyPath, locate
 from nfsyncd.config import (
+    CT_EVENT_NAMES,
     HELPER_DEFAULTS,
+    HELPER_IPV4_ONLY,
+    HELPER_KERNEL,
     LIVE_KEYS,
     TCP_STATES,
     Config,
@@ -133,6 +136,15 @@ def test_defaults() -> None:
     assert config.helpers == HelpersConfig(assign=(), userspace=())
     assert config.nftables == NftConfig(
         enabled=True, table="nfsyncd", event_filter=True, notrack_sync=True
+    )
+    assert config.nftables.events == (
+        "new",
+        "related",
+        "destroy",
+        "assured",
+        "helper",
+        "mark",
+        "label",
     )
     assert config.metrics.listen == "127.0.0.1:9477"
     assert config.metrics.address == ("127.0.0.1", 9477)
@@ -425,6 +437,24 @@ SECTION_CASES: list[tuple[str, str, Callable[[Config], object], object]] = [
         NftConfig(enabled=False, table="_fw-2", event_filter=False, notrack_sync=False),
     ),
     (
+        "nftables events: kernel order, duplicates dropped",
+        '[nftables]\nevents = ["destroy", "protoinfo", "new", "destroy", "reply"]\n',
+        lambda c: c.nftables.events,
+        ("new", "destroy", "reply", "protoinfo"),
+    ),
+    (
+        "an IPv4-only kernel helper gets family ip",
+        '[[helpers.assign]]\nhelper = "irc"\n',
+        lambda c: (c.helpers.assign[0].family, c.helpers.assign[0].protocol),
+        ("ip", "tcp"),
+    ),
+    (
+        "h323 over udp (RAS)",
+        '[[helpers.assign]]\nhelper = "h323"\nprotocol = "udp"\nports = [1719]\n',
+        lambda c: c.helpers.assign[0].protocol,
+        "udp",
+    ),
+    (
         "metrics v6",
         '[metrics]\nlisten = "[::1]:0"\n',
         lambda c: (c.metrics, c.metrics.address),
@@ -666,14 +696,17 @@ def syncs(draw: st.DrawFn) -> SyncConfig:
 
 @st.composite
 def assigns(draw: st.DrawFn) -> HelperAssign:
+    helper = draw(st.sampled_from(sorted(HELPER_DEFAULTS)))
     family = draw(st.sampled_from(["inet", "ip", "ip6"]))
+    if helper in HELPER_IPV4_ONLY:
+        family = "ip"  # what the parser makes of an IPv4-only kernel helper
     addresses = st.one_of(v4, v6, networks)
     if family != "inet":
         version = 4 if family == "ip" else 6
         addresses = addresses.filter(lambda a: a.version == version)
     return HelperAssign(
-        helper=draw(st.sampled_from(sorted(HELPER_DEFAULTS))),
-        protocol=draw(st.sampled_from(["tcp", "udp"])),
+        helper=helper,
+        protocol=draw(st.sampled_from(sorted(HELPER_KERNEL[helper]))),
         ports=tuple(draw(st.lists(port_ranges, min_size=1, max_size=3))),
         family=family,  # type: ignore[arg-type]
         addresses=tuple(draw(st.lists(addresses, max_size=3))),
@@ -704,6 +737,12 @@ def configs(draw: st.DrawFn) -> Config:
         table=draw(st.from_regex(r"[A-Za-z_][A-Za-z0-9_-]{0,31}", fullmatch=True)),
         event_filter=draw(st.booleans()),
         notrack_sync=draw(st.booleans()),
+        events=tuple(
+            sorted(
+                draw(st.sets(st.sampled_from(CT_EVENT_NAMES), min_size=1)),
+                key=CT_EVENT_NAMES.index,
+            )
+        ),
     )
     kernel_side = draw(st.booleans()) and nftables.enabled and nftables.event_filter
     queues = draw(st.lists(st.integers(0, 65535), max_size=2, unique=True))
@@ -1248,6 +1287,36 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "expectation helpers without expectation sync",
         '[expectations]\nhelpers = ["ftp"]\n',
         "nfsyncd.toml:2: expectations.helpers: only valid with sync = true",
+    ),
+    (
+        "unknown ct event",
+        '[nftables]\nevents = ["new", "destroyed"]\n',
+        'nfsyncd.toml:2: nftables.events[1]: must be one of "new", "related", "destroy", '
+        '"reply", "assured", "protoinfo", "helper", "mark", "seqadj", "secmark", "label", '
+        'got "destroyed"',
+    ),
+    (
+        "no ct events",
+        "[nftables]\nevents = []\n",
+        "nfsyncd.toml:2: nftables.events: must not be empty (an array of ct event names)",
+    ),
+    (
+        "a protocol the kernel helper does not handle",
+        '[[helpers.assign]]\nhelper = "ftp"\nprotocol = "udp"\n',
+        "nfsyncd.toml:3: helpers.assign[0].protocol: the kernel's ftp helper handles "
+        'protocol = "tcp", got "udp"',
+    ),
+    (
+        "an IPv4-only kernel helper with family ip6",
+        '[[helpers.assign]]\nhelper = "pptp"\nfamily = "ip6"\n',
+        "nfsyncd.toml:3: helpers.assign[0].family: the kernel's pptp helper is IPv4 only, "
+        'got "ip6"',
+    ),
+    (
+        "an IPv4-only kernel helper with an IPv6 address",
+        '[[helpers.assign]]\nhelper = "snmp"\naddresses = ["2001:db8::1"]\n',
+        "nfsyncd.toml:3: helpers.assign[0].addresses[0]: must be an IPv4 address or network "
+        "(the kernel's snmp helper is IPv4 only), got 2001:db8::1",
     ),
     (
         "helper assignment without nftables",

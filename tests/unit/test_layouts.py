@@ -1,0 +1,191 @@
+"""The layout-learning fast paths decode exactly what the general decoders decode.
+
+Both the ctnetlink flow decoder (:mod:`nfsyncd.netlink._layout`) and the sync wire decoder
+(``attrs._Layouts``) reuse what they learned from an earlier message of the same layout.
+The tests here are differential: learn a message's layout, then feed messages with that
+layout but other values (random bytes everywhere except the attribute headers) to both
+the fast path and the general decoder, which must agree on the value or on the error.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nfsyncd.model import Flow, TcpFlags, TcpInfo, Tuple
+from nfsyncd.netlink import DecodeError
+from nfsyncd.netlink import ctnetlink as ct
+from nfsyncd.netlink._layout import LayoutDecoder
+from nfsyncd.sync import attrs as A
+from nfsyncd.sync.attrs import AttrEncoder, WireError
+from tests.unit.test_codec import flows as kernel_flows
+from tests.unit.test_codec import kernel_flow_bytes
+from tests.unit.test_wire_attrs import flows as wire_flows
+
+SETTINGS = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _outcome(fn: Any, *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", fn(*args)
+    except (DecodeError, WireError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+def _scramble(msg: bytes, mask: int, seed: int) -> bytes:
+    """``msg`` with every byte outside ``mask`` (the attribute headers) randomised."""
+    rng = random.Random(seed)
+    keep = mask.to_bytes(len(msg), "big")
+    return bytes(b if k else rng.randrange(256) for b, k in zip(msg, keep, strict=True))
+
+
+def _fresh_flow_decoder() -> LayoutDecoder:
+    return LayoutDecoder(ct.FLOW, ct.FLOW.decoder().slow)  # type: ignore[attr-defined]
+
+
+def test_flow_schema_decodes_through_a_layout_decoder() -> None:
+    assert isinstance(ct.FLOW.decoder(), LayoutDecoder)
+
+
+@SETTINGS
+@given(kernel_flows, st.integers(0, 2**32))
+def test_kernel_flow_layouts_agree_with_the_schema(flow: Flow, seed: int) -> None:
+    dec = _fresh_flow_decoder()
+    payload = kernel_flow_bytes(flow)[4:]
+    first = dec(payload, 0, len(payload))  # learns
+    assert first == dec.slow(payload, 0, len(payload))
+    again = dec(payload, 0, len(payload))
+    assert again == first
+    layouts = [lay for lays in dec._by_size.values() for lay in lays]
+    if not layouts:
+        return  # a shape that is not learned (e.g. a repeated attribute): always slow
+    assert dec.hits == 1
+    other = _scramble(payload, layouts[0].mask, seed)
+    assert _outcome(dec, other, 0, len(other)) == _outcome(dec.slow, other, 0, len(other))
+
+
+def test_kernel_flow_layout_is_reused_with_new_values() -> None:
+    dec = _fresh_flow_decoder()
+
+    def event(i: int, helper: str | None = None) -> bytes:
+        flow = Flow(
+            Tuple(bytes((198, 18, 0, i)), bytes((198, 19, 0, 1)), 6, 1000 + i, 80),
+            Tuple(bytes((198, 19, 0, 1)), bytes((198, 18, 0, i)), 6, 80, 1000 + i),
+            status=0x0E,
+            timeout=600 - i,
+            mark=i,
+            helper=helper,
+            protoinfo=TcpInfo(3, 7, 7, TcpFlags(i, 0xFF), TcpFlags(0, 0)),
+            id=i,
+        )
+        return kernel_flow_bytes(flow)[4:]
+
+    msgs = [event(i) for i in range(50)]
+    decoded = [dec(m, 0, len(m)) for m in msgs]
+    assert decoded == [dec.slow(m, 0, len(m)) for m in msgs]
+    assert dec.learned == 1 and dec.hits == 49
+    assert [f.mark for f in decoded] == list(range(50))
+    # a codec that validates content still does: a helper name without its NUL
+    good = event(1, "ftp")
+    dec(good, 0, len(good))
+    bad = good.replace(b"ftp\0", b"ftpX")
+    with pytest.raises(DecodeError) as fast:
+        dec(bad, 0, len(bad))
+    with pytest.raises(DecodeError) as slow:
+        dec.slow(bad, 0, len(bad))
+    assert str(fast.value) == str(slow.value)
+
+
+def test_layout_budget_is_bounded() -> None:
+    dec = LayoutDecoder(ct.FLOW, ct.FLOW.decoder().slow, max_layouts=2)  # type: ignore[attr-defined]
+    for labels_len in (4, 8, 12, 16):
+        flow = Flow(Tuple(b"\1\2\3\4", b"\5\6\7\10", 17, 1, 2), labels=b"\1" * labels_len)
+        msg = kernel_flow_bytes(flow)[4:]
+        assert dec(msg, 0, len(msg)) == dec.slow(msg, 0, len(msg))
+    assert dec.learned == 2
+
+
+@SETTINGS
+@given(wire_flows(), st.booleans(), st.integers(0, 2**32))
+def test_wire_layouts_agree_with_a_fresh_walk(flow: Flow, window: bool, seed: int) -> None:
+    enc = AttrEncoder(tcp_window_tracking=window)
+    try:
+        payload = enc.flow(flow)
+    except ValueError:
+        return
+    fresh = A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct", A._flow_builder)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(A, "_CT_LAYOUTS", fresh)
+        learned = _outcome(A.decode_flow, payload, 0, len(payload))
+        reused = _outcome(A.decode_flow, payload, 0, len(payload))
+        assert learned == reused
+        if learned[0] != "ok":
+            return
+        assert fresh.find(payload) is not None
+        (mask, _, pos, _), *_ = fresh._by_size[len(payload)]
+        # random values, with the learned protocol (the generated decoder's case) and any
+        proto = pos[A.NTA_L4PROTO]
+        same_proto = mask | (0xFF << (8 * (len(payload) - proto - 1)) if proto else 0)
+        others = [
+            b"\0" * 3 + _scramble(payload, m, seed)  # not at offset 0 either
+            for m in (mask, same_proto)
+        ]
+        fast = [_outcome(A.decode_flow, other, 3, len(other)) for other in others]
+        walk_only = A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct")
+        walk_only.attempts = A._MAX_LAYOUTS  # knows no layout, learns none
+        m.setattr(A, "_CT_LAYOUTS", walk_only)
+        slow = [_outcome(A.decode_flow, other, 3, len(other)) for other in others]
+    assert fast == slow
+
+
+def test_plain_wire_layouts_get_a_generated_decoder() -> None:
+    enc = AttrEncoder()
+    layouts = A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct", A._flow_builder)
+    flows = [
+        Flow(
+            Tuple(bytes((198, 18, 0, i)), bytes((198, 19, 0, 1)), proto, 1000 + i, 80),
+            Tuple(bytes((198, 19, 0, 1)), bytes((198, 51, 0, 1)), proto, 80, 2000 + i),
+            status=0x0E,
+            timeout=600 - i,
+            mark=i,
+            protoinfo=TcpInfo(3, None, None, None, None) if proto == 6 else None,
+        )
+        for proto in (6, 17)
+        for i in range(20)
+    ]
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(A, "_CT_LAYOUTS", layouts)
+        got = [A.decode_flow(p, 0, len(p)) for p in map(enc.flow, flows)]
+    assert [f for f, _ in got] == flows
+    entries = [entry for size in layouts._by_size.values() for entry in size]
+    assert len(entries) == 2 and all(build is not None for *_, build in entries)
+
+
+def _encoded(enc: AttrEncoder, flow: Flow) -> tuple[str, Any]:
+    try:
+        return "ok", enc.flow(flow)
+    except ValueError as exc:
+        return "ValueError", str(exc)
+
+
+@SETTINGS
+@given(wire_flows(), st.integers(0, 0xFF), st.integers(0, 2**33), st.integers(0, 2**33))
+def test_tcp_head_in_one_pack_equals_attribute_by_attribute(
+    flow: Flow, state: int, timeout: int, mark: int
+) -> None:
+    """The one-pack start of a TCP message (A._TCP_HEADS) writes what the attribute-wise
+    path writes, and out-of-range values still fail with the attribute's name."""
+    tcp = flow._replace(
+        orig=flow.orig._replace(proto=6, sport=flow.orig.sport or 1, dport=flow.orig.dport or 2),
+        protoinfo=TcpInfo(state, None, None, None, None),
+        timeout=timeout,
+        mark=mark,
+    )
+    for candidate in (flow, tcp):
+        fast, slow = AttrEncoder(), AttrEncoder()
+        slow._fast_head = False
+        assert _encoded(fast, candidate) == _encoded(slow, candidate)
