@@ -7,16 +7,22 @@ are judged as ratios against a reference measured in the same run.
 from __future__ import annotations
 
 import json
+import os
 import resource
 import socket
 import statistics
+import sys
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from nfsyncd.model import Flow, TcpInfo, Tuple
+
+if TYPE_CHECKING:
+    from nfsyncd.lab.sync_lab import SyncDaemon, SyncLab
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -76,3 +82,41 @@ def print_table(title: str, results: list[Result]) -> None:
     for r in results:
         note = f"  ({r.note})" if r.note else ""
         print(f"  {r.name:<58} {r.value:>12,.2f} {r.unit}{note}")
+
+
+def round_error(exc: BaseException) -> str:
+    """The error a failed round reports (an n/a row); ``NFSYNC_BENCH_DEBUG=1`` also prints
+    the traceback, which the one line loses."""
+    if os.environ.get("NFSYNC_BENCH_DEBUG"):
+        traceback.print_exc()
+    return f"{type(exc).__name__}: {exc}".strip()
+
+
+def end_round(lab: SyncLab, *daemons: SyncDaemon | None) -> None:
+    """Stop a round's daemons and empty both kernel tables, so the next round starts clean."""
+    for daemon in daemons:
+        if daemon is not None:
+            daemon.close()
+    lab.flush_kernel("fw1")
+    lab.flush_kernel("fw2")
+
+
+def write_report(
+    name: str, table: str, data: object, *, rows: str = "rows", as_json: bool = False, t0: float
+) -> None:
+    """Keep the Markdown table and the raw rows under ``results/``, print one of them and the
+    time since ``t0``."""
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(table + "\n")
+    text = json.dumps(data, indent=2)
+    (RESULTS / f"{name}_{rows}.json").write_text(text + "\n")
+    print(text if as_json else table)
+    print(f"\n({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+
+
+def run_as_root(name: str, main: Callable[[list[str]], list[Result]]) -> None:
+    """A namespace benchmark's ``__main__``: refuse without root, else run and save."""
+    if os.geteuid() != 0:
+        print("error: the benchmark builds network namespaces and needs root", file=sys.stderr)
+        sys.exit(2)
+    save(name, main(sys.argv[1:]))

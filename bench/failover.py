@@ -38,7 +38,6 @@ reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -52,7 +51,7 @@ from typing import cast
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import RESULTS, Result, save
+from bench._common import Result, run_as_root, write_report
 from nfsyncd.lab.demo import FAILURES, TCP_KINDS, reset_lab, stall_bound, transition_after
 from nfsyncd.lab.demo import wait_progress as progressed
 from nfsyncd.lab.failover_lab import DaemonKind, FailoverLab
@@ -266,17 +265,10 @@ def main(argv: list[str] | None = None) -> list[Result]:
     rows = run(daemons, failures, args.rounds)
     command = ".venv/bin/python bench/failover.py " + " ".join(argv or [f"--rounds {args.rounds}"])
     table = header(args.rounds, command.strip()) + "\n" + markdown(rows, daemons, failures)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "failover.md").write_text(table + "\n")
     data = [asdict(r) for r in rows]
-    (RESULTS / "failover_rounds.json").write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data, indent=2) if args.json else table)
-    print(f"\n({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    write_report("failover", table, data, rows="rounds", as_json=args.json, t0=t0)
     return results(rows, daemons, failures)
 
 
 if __name__ == "__main__":
-    if os.geteuid() != 0:
-        print("error: the benchmark builds network namespaces and needs root", file=sys.stderr)
-        sys.exit(2)
-    save("failover", main(sys.argv[1:]))
+    run_as_root("failover", main)

@@ -32,14 +32,11 @@ never asserted.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +46,7 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import RESULTS, Result, save
+from bench._common import Result, end_round, round_error, run_as_root, write_report
 from nfsyncd.kernel import FLOW_EVENT_GROUPS, Conntrack, EventStream, Overrun
 from nfsyncd.lab.netns import Netns
 from nfsyncd.lab.sync_daemons import start_sync_daemon
@@ -289,17 +286,11 @@ def measure(variant: Variant, lab: SyncLab, tmp: Path, n: int, concurrency: int)
                 f"{counter.counts[EventKind.DESTROY]}/{n}; overruns {counter.overruns}"
             )
     except Exception as exc:  # a daemon that fails gives an n/a row
-        row.error = f"{type(exc).__name__}: {exc}".strip()
-        if os.environ.get("NFSYNC_BENCH_DEBUG"):
-            traceback.print_exc()
+        row.error = round_error(exc)
     finally:
         if counter is not None:
             counter.close()
-        for daemon in (d1, d2):
-            if daemon is not None:
-                daemon.close()
-        lab.flush_kernel("fw1")
-        lab.flush_kernel("fw2")
+        end_round(lab, d1, d2)
     return row
 
 
@@ -464,17 +455,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
     t0 = time.monotonic()
     rows = run(variants, args.connections, args.concurrency, args.rounds)
     table = markdown(rows)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lifecycle.md").write_text(table + "\n")
-    data = [asdict(r) for r in rows]
-    (RESULTS / "lifecycle_rows.json").write_text(json.dumps(data, indent=2) + "\n")
-    print(json.dumps(data, indent=2) if args.json else table)
-    print(f"\n({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    write_report("lifecycle", table, [asdict(r) for r in rows], as_json=args.json, t0=t0)
     return results(rows)
 
 
 if __name__ == "__main__":
-    if os.geteuid() != 0:
-        print("error: the benchmark builds network namespaces and needs root", file=sys.stderr)
-        sys.exit(2)
-    save("lifecycle", main(sys.argv[1:]))
+    run_as_root("lifecycle", main)

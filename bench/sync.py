@@ -26,12 +26,9 @@ Numbers are reported, never asserted.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._common import RESULTS, Result, save
+from bench._common import Result, end_round, round_error, run_as_root, write_report
 from nfsyncd.lab.sync_daemons import start_sync_daemon
 from nfsyncd.lab.sync_lab import FW, SyncDaemon, SyncLab
 
@@ -142,15 +139,9 @@ def measure(kind: str, n: int, lab: SyncLab, tmp: Path, options: dict[str, Any])
         if committed < n:
             row.notes.append(f"commit: {committed} of {n} in fw2's kernel")
     except Exception as exc:  # a daemon that is not ready yet gives an n/a row
-        row.error = f"{type(exc).__name__}: {exc}".strip()
-        if os.environ.get("NFSYNC_BENCH_DEBUG"):
-            traceback.print_exc()
+        row.error = round_error(exc)
     finally:
-        for daemon in (d1, d2):
-            if daemon is not None:
-                daemon.close()
-        lab.flush_kernel("fw1")
-        lab.flush_kernel("fw2")
+        end_round(lab, d1, d2)
     return row
 
 
@@ -244,31 +235,13 @@ def main(argv: list[str] | None = None) -> list[Result]:
     t0 = time.monotonic()
     rows = run(daemons, bursts, options)
     table = markdown(rows, options)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "sync.md").write_text(table + "\n")
-    (RESULTS / "sync_rows.json").write_text(
-        json.dumps(
-            [
-                {
-                    "daemon": r.daemon,
-                    "flows": r.flows,
-                    **r.metrics,
-                    "notes": r.notes,
-                    "error": r.error,
-                }
-                for r in rows
-            ],
-            indent=2,
-        )
-        + "\n"
-    )
-    print(table)
-    print(f"\n({time.monotonic() - t0:.0f} s)", file=sys.stderr)
+    data = [
+        {"daemon": r.daemon, "flows": r.flows, **r.metrics, "notes": r.notes, "error": r.error}
+        for r in rows
+    ]
+    write_report("sync", table, data, t0=t0)
     return results(rows)
 
 
 if __name__ == "__main__":
-    if os.geteuid() != 0:
-        print("error: the benchmark builds network namespaces and needs root", file=sys.stderr)
-        sys.exit(2)
-    save("sync", main(sys.argv[1:]))
+    run_as_root("sync", main)

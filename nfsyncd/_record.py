@@ -274,6 +274,11 @@ _COMMON_MASK: Final = F_REPLY_INV | F_STATUS | F_PROTOINFO
 _COMMON: Final = struct.Struct("<BIIHIBBBBBBBB")
 #: the same with a mark (what an update storm of ``ct mark set`` makes of every flow)
 _COMMON_MARKED: Final = struct.Struct("<BIIHIIBBBBBBBB")
+_MARKED_MASK: Final = _COMMON_MASK | F_MARK
+#: ``_COMMON`` to pack: its ``0s`` stands where the mark would, takes ``_NO_MARK`` and writes
+#: nothing, so one call packs both shapes (unpacking keeps ``_COMMON``: the extra field costs)
+_COMMON_NO_MARK: Final = struct.Struct("<BIIHI0sBBBBBBBB")
+_NO_MARK: Final = b""
 _ZERO_SYNPROXY: Final = Synproxy(0, 0, 0)
 
 
@@ -437,29 +442,13 @@ def pack_canonical(flow: Flow, flags: int, since: int) -> bytes:
             and fr is not None
             and _plain_inverse(orig, reply)
         ):
-            if mark:
-                return _COMMON_MARKED.pack(
-                    flags | FLAG_TIMEOUT,
-                    since,
-                    timeout,
-                    _COMMON_MASK | F_MARK,
-                    status,
-                    mark,
-                    _TCP_FULL_HDR,
-                    state,
-                    wo,
-                    wr,
-                    fo[0],
-                    fo[1],
-                    fr[0],
-                    fr[1],
-                )
-            return _COMMON.pack(
+            return (_COMMON_MARKED if mark else _COMMON_NO_MARK).pack(
                 flags | FLAG_TIMEOUT,
                 since,
                 timeout,
-                _COMMON_MASK,
+                _MARKED_MASK if mark else _COMMON_MASK,
                 status,
+                mark or _NO_MARK,
                 _TCP_FULL_HDR,
                 state,
                 wo,

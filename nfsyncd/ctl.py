@@ -17,9 +17,12 @@ import os
 import socket
 import sys
 from collections.abc import Iterator
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .nft import Table
 
 __all__ = ["main"]
 
@@ -468,14 +471,24 @@ def _nft_config(args: argparse.Namespace) -> Any:
         raise CtlError(f"cannot read {path}: {exc.strerror}", EXIT_USAGE) from None
 
 
-def cmd_nft_show(args: argparse.Namespace) -> int:
-    from .nft import build_table, render_json, render_text
+def _nft_table(args: argparse.Namespace, disabled: str) -> Table | None:
+    """The table ``nft show|check`` works on, or None once it printed ``disabled`` (with the
+    config's ``{source}``) because the config turns nftables off."""
+    from .nft import build_table
 
     config = _nft_config(args)
     if not config.nftables.enabled:
-        print(f"# nftables.enabled = false in {config.source}: nfsyncd makes no table")
+        print(disabled.format(source=config.source))
+        return None
+    return build_table(config)
+
+
+def cmd_nft_show(args: argparse.Namespace) -> int:
+    from .nft import render_json, render_text
+
+    table = _nft_table(args, "# nftables.enabled = false in {source}: nfsyncd makes no table")
+    if table is None:
         return EXIT_OK
-    table = build_table(config)
     if args.json:
         _print_json(render_json(table))
     else:
@@ -484,13 +497,11 @@ def cmd_nft_show(args: argparse.Namespace) -> int:
 
 
 def cmd_nft_check(args: argparse.Namespace) -> int:
-    from .nft import NftBackend, NftError, build_table, check, has_net_admin
+    from .nft import NftBackend, NftError, check, has_net_admin
 
-    config = _nft_config(args)
-    if not config.nftables.enabled:
-        print(f"nftables.enabled = false in {config.source}: no table to check")
+    table = _nft_table(args, "nftables.enabled = false in {source}: no table to check")
+    if table is None:
         return EXIT_OK
-    table = build_table(config)
     try:
         check(table, NftBackend())
     except NftError as exc:

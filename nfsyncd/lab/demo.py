@@ -261,9 +261,9 @@ def _transition(
     phase: _Phase,
     act: Callable[[], None],
     *,
-    flowing_timeout: float,
     takeover_timeout: float,
 ) -> None:
+    say.head(f"{phase.name}: {phase.how}")
     before = traffic.snapshot()
     phase.flows_synced_before = lab.flows_synced(phase.to_gw)
     phase.expectations_synced_before = lab.expectations_synced(phase.to_gw)
@@ -290,6 +290,7 @@ def _transition(
         f"{phase.why}{notify}; its kernel tracks {phase.kernel_flows_after} flows "
         f"(it had {phase.kernel_flows_before} before{held})"
     )
+    flowing_timeout = stall_bound(lab) + 1.0
     phase.flowing = wait_progress(traffic, seconds=1.0, timeout=flowing_timeout)
     after = traffic.snapshot()
     phase.stall_so_far_s = _stall(after)
@@ -430,28 +431,19 @@ def _walk(lab: FailoverLab, say: _Say, tmp: Path, *, ftp: bool) -> dict[str, Any
             wait_progress(traffic, seconds=1.0)
             say(_backup_state(lab))
 
-            say.head(f"failover: {failover.how}")
             _transition(
-                lab,
-                say,
-                traffic,
-                failover,
-                lambda: lab.stop_keepalived("gw1"),
-                flowing_timeout=bound + 1.0,
-                takeover_timeout=20,
+                lab, say, traffic, failover, lambda: lab.stop_keepalived("gw1"), takeover_timeout=20
             )
             if ftp_parts is not None:
                 ftp_result = _ftp_finish(ftp_parts[1], timeout=10 if failover.flowing else 6)
                 say(("FTP: " if ftp_result.ok else "!! FTP: ") + ftp_result.detail)
 
-            say.head(f"failback: {failback.how}")
             _transition(
                 lab,
                 say,
                 traffic,
                 failback,
                 lambda: lab.start_keepalived("gw1"),
-                flowing_timeout=bound + 1.0,
                 takeover_timeout=30,
             )
             results = traffic.stop()

@@ -52,8 +52,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any, Literal, Self
+from typing import IO, Any, Literal
 
 from .failover_traffic import (
     ECHO_PORT,
@@ -65,7 +64,7 @@ from .failover_traffic import (
     TrafficServer,
     UdpRequests,
 )
-from .netns import Netns, veth_pair
+from .netns import Netns, NetnsLab, veth_pair
 from .sync_conntrackd import Conntrackd
 from .sync_lab import wait_for
 from .sync_nfsyncd import Nfsyncd
@@ -141,7 +140,7 @@ class Traffic:
             client.kill()
 
 
-class FailoverLab:
+class FailoverLab(NetnsLab):
     """Client, gw1, gw2, server (+ lan/wan switches), keepalived and the sync daemons.
 
     ``daemon``: see the module doc. ``advert_int``: VRRP advertisement interval (s);
@@ -175,7 +174,7 @@ class FailoverLab:
         self.keep = keep
         self.dir = Path(directory or tempfile.mkdtemp(prefix="nfsfo-"))
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._made: list[Netns] = []
+        super().__init__()
         self._keepalived: dict[str, subprocess.Popen[bytes] | None] = {g: None for g in GATEWAYS}
         self._ka_logs: dict[str, IO[bytes]] = {}
         self.daemons: dict[str, Nfsyncd | Conntrackd | None] = {g: None for g in GATEWAYS}
@@ -190,11 +189,6 @@ class FailoverLab:
             raise
 
     # -- building -------------------------------------------------------------------------
-
-    def _ns(self, prefix: str) -> Netns:
-        ns = Netns.create(prefix)
-        self._made.append(ns)
-        return ns
 
     def _build(self) -> None:
         self.client = self._ns("foc")
@@ -311,31 +305,25 @@ class FailoverLab:
             old.close()
         directory = self._gw_dir(gw) / self.daemon
         links = [("sync0", _SYNC_ADDR[gw], _SYNC_ADDR[self.other(gw)])]
+        both: dict[str, Any] = {
+            "links": links,
+            "port": SYNC_PORT,
+            "expectations": True,
+            "startup_resync": True,
+            "ignore_addresses": self._ignore(gw),
+            "start_timeout": timeout,
+        }
         daemon: Nfsyncd | Conntrackd
         if self.daemon == "conntrackd":
-            daemon = Conntrackd(
-                self.gw(gw),
-                directory,
-                links=links,
-                port=SYNC_PORT,
-                expectations=True,
-                startup_resync=True,
-                ignore_addresses=self._ignore(gw),
-                start_timeout=timeout,
-            )
+            daemon = Conntrackd(self.gw(gw), directory, **both)
         else:
             daemon = Nfsyncd(
                 self.gw(gw),
                 directory,
-                links=links,
-                port=SYNC_PORT,
-                expectations=True,
-                startup_resync=True,
                 disable_external_cache=self.daemon == "nfsyncd-inject",
-                ignore_addresses=self._ignore(gw),
                 extra_toml=self._helper_toml(),
                 log_level=self.log_level,
-                start_timeout=timeout,
+                **both,
             )
         self.daemons[gw] = daemon
         (self._gw_dir(gw) / "daemon.pid").write_text(f"{daemon.pid}\n")
@@ -707,27 +695,11 @@ vrrp_sync_group G {{
         for log in self._ka_logs.values():
             log.close()
         self._ka_logs.clear()
-        for ns in reversed(self._made):
-            try:
-                ns.close()
-            except Exception as exc:
-                errors.append(exc)
-        self._made.clear()
+        self._close_namespaces(errors)
         if self._own_dir and not self.keep:
             shutil.rmtree(self.dir, ignore_errors=True)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"<FailoverLab {self.daemon} {', '.join(ns.name for ns in self._made)}>"

@@ -69,6 +69,7 @@ __all__ = [
     "TrafficError",
     "TrafficServer",
     "UdpRequests",
+    "echo_request",
 ]
 
 STREAM_PORT = 5001
@@ -450,6 +451,17 @@ def _icmp_checksum(data: bytes) -> int:
     return ~total & 0xFFFF
 
 
+def echo_request(ident: int, seq: int, payload: bytes, *, v6: bool = False) -> bytes:
+    """An ICMP (or ICMPv6) echo request for a raw socket. Only ICMP carries our checksum:
+    for ICMPv6 the kernel fills it in (it covers a pseudo-header we do not see)."""
+    etype = 128 if v6 else 8
+    packet = struct.pack("!BBHHH", etype, 0, 0, ident, seq) + payload
+    if v6:
+        return packet
+    csum = _icmp_checksum(packet)
+    return struct.pack("!BBHHH", etype, 0, csum, ident, seq) + payload
+
+
 def run_icmp(args: argparse.Namespace) -> None:
     stop = _Stop()
     sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
@@ -457,10 +469,7 @@ def run_icmp(args: argparse.Namespace) -> None:
     tracker = _RequestTracker(args.timeout)
 
     def send(seq: int) -> None:
-        payload = b"nfsyncd-failover"
-        head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
-        csum = _icmp_checksum(head + payload)
-        sock.sendto(struct.pack("!BBHHH", 8, 0, csum, ident, seq) + payload, (args.host, 0))
+        sock.sendto(echo_request(ident, seq, b"nfsyncd-failover"), (args.host, 0))
 
     def receive() -> int | None:
         data = sock.recv(2048)

@@ -43,8 +43,10 @@ from typing import Any, Self
 __all__ = [
     "ALLOWED_NETWORKS",
     "CLONE_NEWNET",
+    "Closing",
     "CommandError",
     "Netns",
+    "NetnsLab",
     "add_address",
     "cleanup_all",
     "veth_pair",
@@ -120,7 +122,26 @@ def _setns_impl() -> Callable[[int, int], None]:
 _setns = _setns_impl()
 
 
-class Netns:
+class Closing:
+    """Base for what a ``with`` block must clean up: leaving it calls :meth:`close`, even on
+    an exception, so namespaces and processes go after a failed test too."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class Netns(Closing):
     """A network namespace this process created; delete it with :meth:`close` (or ``with``)."""
 
     def __init__(self, name: str) -> None:
@@ -154,17 +175,6 @@ class Netns:
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
         return f"<Netns {self.name} {state}>"
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @property
     def closed(self) -> bool:
@@ -282,6 +292,28 @@ class Netns:
                 _run(["ip", "netns", "del", self.name])
 
     delete = close
+
+
+class NetnsLab(Closing):
+    """Base for a lab built from several namespaces: it remembers the ones it made so that
+    :meth:`_close_namespaces` deletes exactly those, newest first."""
+
+    def __init__(self) -> None:
+        self._made: list[Netns] = []
+
+    def _ns(self, prefix: str) -> Netns:
+        ns = Netns.create(prefix)
+        self._made.append(ns)
+        return ns
+
+    def _close_namespaces(self, errors: list[BaseException]) -> None:
+        """Delete the namespaces; a failure goes to ``errors`` and the others still go."""
+        for ns in reversed(self._made):
+            try:
+                ns.close()
+            except Exception as exc:
+                errors.append(exc)
+        self._made.clear()
 
 
 def cleanup_all() -> None:

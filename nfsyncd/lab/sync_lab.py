@@ -28,21 +28,20 @@ import ipaddress
 import itertools
 import os
 import socket
-import struct
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, NamedTuple, Protocol, Self, TypeVar
+from typing import Any, Literal, NamedTuple, Protocol, TypeVar
 
 import trio
 
 from ..kernel import Conntrack
 from ..model import IPPROTO_ICMP, IPPROTO_ICMPV6, Flow, TcpInfo, Tuple, format_addr
 from ..netlink import ctnetlink as ct
-from .netns import Netns, veth_pair
+from .failover_traffic import echo_request
+from .netns import Netns, NetnsLab, veth_pair
 
 __all__ = [
     "FW",
@@ -295,15 +294,6 @@ def wait_for(
         time.sleep(interval)
 
 
-def _icmp_checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
-
-
 @dataclass
 class _Side:
     fw: Netns
@@ -311,7 +301,7 @@ class _Side:
     listeners: dict[tuple[int, int], socket.socket] = field(default_factory=dict)
 
 
-class SyncLab:
+class SyncLab(NetnsLab):
     """fw1 and fw2 joined by ``links`` sync links, each with a server namespace behind it.
 
     Use as a context manager (or call :meth:`close`): every namespace, socket and process
@@ -324,8 +314,8 @@ class SyncLab:
         if not 1 <= links <= MAX_LINKS:
             raise ValueError(f"1 to {MAX_LINKS} sync links, got {links}")
         self.ipv6 = ipv6
+        super().__init__()
         self.links: list[LabLink] = []
-        self._made: list[Netns] = []
         self._sockets: list[socket.socket] = []
         self._icmp_ids = itertools.count(0x5100)
         try:
@@ -346,11 +336,6 @@ class SyncLab:
             raise
 
     # -- building -----------------------------------------------------------------------
-
-    def _ns(self, prefix: str) -> Netns:
-        ns = Netns.create(prefix)
-        self._made.append(ns)
-        return ns
 
     def _add_link(self, i: int) -> None:
         name = f"sync{i}"
@@ -644,17 +629,10 @@ class SyncLab:
         etype = 128 if v6 else 8
         with self.ns(fw).entered():
             sock = socket.socket(family, socket.SOCK_RAW, proto)
-        with sock:
-            header = struct.pack("!BBHHH", etype, 0, 0, icmp_id, 1)
-            payload = b"nfsyncd lab ping"
-            packet = header + payload
-            if not v6:  # the kernel fills in the ICMPv6 checksum itself
-                csum = _icmp_checksum(packet)
-                packet = struct.pack("!BBHHH", etype, 0, csum, icmp_id, 1) + payload
-            dst = TRAFFIC_SRV6 if v6 else TRAFFIC_SRV
-            sock.sendto(packet, (dst, 0))
-        src = TRAFFIC_FW6 if v6 else TRAFFIC_FW
         dst = TRAFFIC_SRV6 if v6 else TRAFFIC_SRV
+        with sock:
+            sock.sendto(echo_request(icmp_id, 1, b"nfsyncd lab ping", v6=v6), (dst, 0))
+        src = TRAFFIC_FW6 if v6 else TRAFFIC_FW
         return FlowKey(proto, src, dst, None, None, etype, 0, icmp_id)
 
     # -- teardown -------------------------------------------------------------------------
@@ -666,25 +644,9 @@ class SyncLab:
                 sock.close()
         self._sockets.clear()
         errors: list[BaseException] = []
-        for ns in reversed(self._made):
-            try:
-                ns.close()
-            except Exception as exc:  # keep going: the others must still go
-                errors.append(exc)
-        self._made.clear()
+        self._close_namespaces(errors)
         if errors:
             raise errors[0]
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         names = ", ".join(ns.name for ns in self._made)

@@ -242,6 +242,14 @@ class Channel(ABC):
                 sent += 1
         return sent
 
+    def send_ready(self, datagrams: Sequence[bytes]) -> int | None:
+        """Send without waiting, in order, as many as the socket takes now; how many went.
+
+        None means this channel cannot send without awaiting (TCP: a stream may block
+        part-way through a datagram), so the caller hands the datagrams to the sender task.
+        """
+        return None
+
     @abstractmethod
     async def receive(self) -> list[Message]:
         """The next batch of decoded messages (possibly empty when all were malformed).

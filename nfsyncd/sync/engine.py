@@ -133,6 +133,8 @@ class SyncEngine:
         self._inject_queue: list[Message] = []
         self._inject_wake = trio.Event()
         self._send_wake = trio.Event()
+        self._flushing = False  # the sender task is sending: the sink must not overtake it
+        self._unsent: list[bytes] = []  # numbered datagrams the socket did not take yet
         self._timer_wake = trio.Event()
         self._timer_due = -math.inf  # what the timer task sleeps until (none yet: wake it)
         self._purge_due: float | None = None
@@ -205,9 +207,39 @@ class SyncEngine:
 
     # -- local side -> peer --------------------------------------------------------------------
     def sink(self, changes: list[Change]) -> None:
-        """The mirror's changes: queue them for the peer."""
+        """The mirror's changes: queue them for the peer, and send them right away when
+        the link takes them without waiting.
+
+        At a real connection's pace (a few events at a time) waking the sender task costs
+        about as much as the events themselves; sending here saves that task switch
+        (sender CPU per connection 1.04-1.07x -> 0.99x conntrackd's in bench/lifecycle.py).
+        Order is kept: this only sends while the sender task is idle and nothing it was
+        given is still waiting, and what the socket does not take goes to it first."""
         self.mode.queue(changes)
+        if not self._flushing and not self._unsent and self._send_ready():
+            return
         self._send_wake.set()
+
+    def _send_ready(self) -> bool:
+        """Everything the mode has ready, sent without awaiting; False if the channel
+        cannot do that (the sender task then sends it)."""
+        channel = self.links.channels[self.links.active]
+        if channel.send_ready(()) is None:
+            return False
+        while self.mode.has_output():
+            msgs = self.mode.output()
+            if not msgs:
+                break
+            datagrams = pack_datagrams(msgs, self.links.payload_size)
+            self.stats.messages_sent += len(msgs)
+            ok = channel.send_ready(datagrams) or 0
+            self.stats.datagrams_sent += ok
+            if ok < len(datagrams):
+                self._unsent = datagrams[ok:]  # numbered already: they go out next
+                self._send_wake.set()
+                break
+        self._retime()
+        return True
 
     def _lookup(self, obj: Flow | Expectation) -> Flow | Expectation | None:
         """The current state of a cached object (ALARM refreshes re-read it)."""
@@ -220,7 +252,14 @@ class SyncEngine:
             await self._send_wake.wait()
             self._send_wake = trio.Event()
             await self._send_parity()
-            await self.flush_output()
+            self._flushing = True
+            try:
+                if self._unsent:
+                    unsent, self._unsent = self._unsent, []
+                    await self._send_datagrams(unsent)
+                await self.flush_output()
+            finally:
+                self._flushing = False
 
     async def flush_output(self) -> int:
         """Send whatever the mode has ready; returns the number of messages sent.

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from nfsyncd.lab.demo import reset_lab
 from nfsyncd.lab.failover_lab import GATEWAYS, FailoverLab
 from tests._support import kernel_unavailable, skip_or_fail
 
@@ -43,12 +44,5 @@ def lab(request: pytest.FixtureRequest) -> Iterator[FailoverLab]:
 @pytest.fixture
 def ready_lab(lab: FailoverLab) -> FailoverLab:
     """The lab in its starting state (gw1 primary, everything running)."""
-    for gw in GATEWAYS:
-        lab.restore_links(gw)
-        daemon = lab.daemons[gw]
-        if lab.daemon != "none" and (daemon is None or not daemon.alive):
-            lab.start_daemon(gw)
-        if not lab.keepalived_running(gw):
-            lab.start_keepalived(gw)
-    lab.wait_primary("gw1", timeout=30)
+    reset_lab(lab, timeout=30)
     return lab
