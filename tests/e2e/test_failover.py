@@ -208,7 +208,21 @@ def _nfsyncd_made_helpers(lab: FailoverLab) -> str | None:
     return None
 
 
-FTP_KINDS = ["nfsyncd", "nfsyncd-inject", "conntrackd"]
+FTP_KINDS = [
+    "nfsyncd",
+    "nfsyncd-inject",
+    # conntrackd is here for comparison; in one full-suite run of five its lftp saw a data
+    # connection stall right after the takeover and reconnected (nfsyncd never did), so its
+    # outcome is reported, not required
+    pytest.param(
+        "conntrackd",
+        marks=pytest.mark.xfail(
+            strict=False,
+            reason="conntrackd 1.4.7 now and then loses a data connection opened around the "
+            "takeover (lftp times out and reconnects)",
+        ),
+    ),
+]
 
 
 @pytest.mark.parametrize("lab", FTP_KINDS, indirect=True)
