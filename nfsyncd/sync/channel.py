@@ -177,9 +177,6 @@ class NetnsAnchor:
 class Channel(ABC):
     """Sends packed datagrams to the peer and decodes what it sends (one link)."""
 
-    #: whether :meth:`send_ready` works (the engine then sends from the mirror's task)
-    sends_without_waiting: ClassVar[bool] = False
-
     stream: ClassVar[bool] = False
 
     def __init__(self, link: SyncLink, index: int, network: NetworkStats | None = None) -> None:
@@ -245,12 +242,13 @@ class Channel(ABC):
                 sent += 1
         return sent
 
-    def send_ready(self, datagrams: Sequence[bytes]) -> int:
+    def send_ready(self, datagrams: Sequence[bytes]) -> int | None:
         """Send without waiting, in order, as many as the socket takes now; how many went.
 
-        Only channels with :attr:`sends_without_waiting` implement it (a TCP stream may
-        block part-way through a datagram, so it always goes through the sender task)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot send without waiting")
+        None means this channel cannot send without awaiting (TCP: a stream may block
+        part-way through a datagram), so the caller hands the datagrams to the sender task.
+        """
+        return None
 
     @abstractmethod
     async def receive(self) -> list[Message]:
