@@ -13,12 +13,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import errno
+import gc
 import logging
 import os
 import signal
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -48,6 +49,28 @@ SHUTDOWN_GRACE = 5.0
 JsonDict = dict[str, Any]
 _ROLES = ("primary", "backup", "fault")
 _SYNC_COMMANDS = ("commit", "flush-kernel", "bulk", "request-resync", "purge", "notify")
+
+
+def tune_gc() -> None:
+    """Make CPython's cyclic collector cheap for the event hot path (the daemon calls it
+    once, when startup is done).
+
+    Every kernel event becomes a handful of tuples that live for one batch (a few hundred
+    events) and then die by reference counting; none forms a cycle.  With the default
+    thresholds (a young collection every 700 allocations) those batch objects are still
+    alive when the collector runs, get promoted, and keep triggering full collections
+    that rescan the whole heap: measured at 30-40% of the sender's CPU per replicated
+    flow.  So: freeze what startup made (modules, config, trio; never garbage) out of the
+    collector's sight, and collect the young generation only every 50k allocations.
+    Cyclic garbage is still collected, just in larger and rarer steps.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
+
+
+#: allocations between two young-generation collections (CPython's default is 700)
+GC_THRESHOLD: Final = 50_000
 
 
 def build_filter(config: Config) -> Filter:
@@ -125,6 +148,7 @@ class Daemon:
                     if self.sync is not None:
                         await nursery.start(self.sync.run)  # links open before the dump
                     await nursery.start(self.mirror.run)
+                    tune_gc()  # startup is done: what it made is long-lived
                     nursery.start_soon(self._keepalive)
                     log.info(
                         "ready: mirroring %d flows, %d expectations; control socket %s",

@@ -30,7 +30,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
-from typing import Final, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from ._record import flow_key, unpack_key
 from .commit import (
@@ -186,20 +186,32 @@ class ExternalCache:
         except _BAD_VALUE:
             st.bad += 1
             return
-        if key in table:
-            st.updated += 1
-            if self.timeout is not None:
-                del table[key]  # keep the table ordered by arrival
-        elif len(table) >= self.limit:
-            st.no_space += 1
+        new = key not in table
+        if not self._admit(table, key, st):
             return
-        else:
-            st.created += 1
+        if new:
             if mtype == _CT_UPD:
                 st.update_not_found += 1
             if zone:
                 self._zones[flow_key(flow.orig)] = zone
         table[key] = rec
+
+    def _admit(self, table: dict[Any, Any], key: object, st: ExtStats) -> bool:
+        """Whether ``key`` may be (re)stored in ``table``, counted as an update or a
+        creation; a refused one (the table is at its limit) is counted as no_space.
+
+        An update is taken out of the table so that storing it again puts it last:
+        with ALARM's expiry the tables stay ordered by arrival."""
+        if key in table:
+            st.updated += 1
+            if self.timeout is not None:
+                del table[key]
+            return True
+        if len(table) >= self.limit:
+            st.no_space += 1
+            return False
+        st.created += 1
+        return True
 
     def _prepare_rest(self, flow: Flow) -> tuple[bytes, int]:
         """:func:`~nfsyncd.commit.prepare_flow_rest`, memoised for flows without NAT.
@@ -260,16 +272,8 @@ class ExternalCache:
         except _BAD_VALUE:
             st.bad += 1
             return
-        if key in table:
-            st.updated += 1
-            if self.timeout is not None:
-                del table[key]
-        elif len(table) >= self.limit:
-            st.no_space += 1
-            return
-        else:
-            st.created += 1
-        table[key] = _ExpEntry(exp, now, payload)
+        if self._admit(table, key, st):
+            table[key] = _ExpEntry(exp, now, payload)
 
     # -- expiry (ALARM) --------------------------------------------------------------
     def expire(self) -> int:

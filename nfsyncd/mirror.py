@@ -14,12 +14,10 @@ Every change that must reach a peer goes to ``sink`` (the sync layer plugs in th
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
 
 import trio
 
@@ -71,32 +69,6 @@ class ResyncResult:
         }
 
 
-def tune_gc() -> None:
-    """Make CPython's cyclic collector cheap for the event hot path (once per process).
-
-    Every kernel event becomes a handful of tuples that live for one batch (a few hundred
-    events) and then die by reference counting; none forms a cycle.  With the default
-    thresholds (a young collection every 700 allocations) those batch objects are still
-    alive when the collector runs, get promoted, and keep triggering full collections
-    that rescan the whole heap: measured at 30-40% of the sender's CPU per replicated
-    flow.  So: freeze what startup made (modules, config, trio; never garbage) out of the
-    collector's sight, and collect the young generation only every 50k allocations.
-    Cyclic garbage is still collected, just in larger and rarer steps.
-    """
-    global _gc_tuned
-    if _gc_tuned:
-        return
-    _gc_tuned = True
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
-
-
-_gc_tuned = False
-#: allocations between two young-generation collections (CPython's default is 700)
-GC_THRESHOLD: Final = 50_000
-
-
 class KernelMirror:
     def __init__(self, config: Config, cache: InternalCache, sink: Sink | None = None) -> None:
         self.config = config
@@ -129,7 +101,6 @@ class KernelMirror:
             self.conntrack = conntrack
             if self.polling:
                 await self.resync()
-                tune_gc()
                 self.ready.set()
                 task_status.started()
                 await self._poll_forever()
@@ -141,7 +112,6 @@ class KernelMirror:
                     stream.set_reliable(True)
                 self.stats.buffer_size = stream.rcvbuf
                 await self.resync()  # events already queue in the socket meanwhile
-                tune_gc()
                 self.ready.set()
                 task_status.started()
                 async with trio.open_nursery() as nursery:

@@ -17,7 +17,7 @@ command -v apt-get >/dev/null && command -v dpkg-query >/dev/null \
 
 packages=(
     nftables conntrack python3-nftables python3-venv python3-pip iproute2
-    conntrackd keepalived lftp procps iputils-ping
+    conntrackd keepalived lftp procps iputils-ping libcap2-bin
 )
 
 step "checking Debian packages"

@@ -10,22 +10,18 @@ reply until EOF (reference §5.3), which spares a process per poll.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import os
 import re
-import signal
 import socket
 import struct
 import subprocess
-import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Literal, Unpack
 
 from .netns import Netns
-from .sync_lab import FlowKey, PeerLink, Transport, proc_cpu_seconds, proc_rss, wait_for
+from .sync_daemon_base import SyncDaemonProcess, SyncOptions
+from .sync_lab import FlowKey, PeerLink
 
 __all__ = [
     "Conntrackd",
@@ -33,8 +29,6 @@ __all__ = [
     "parse_dump_line",
     "parse_stats",
 ]
-
-Mode = Literal["ftfw", "alarm", "notrack"]
 
 #: Control-socket request codes (include/conntrackd.h, reference §5.2).
 CT_DUMP_INTERNAL = 16
@@ -49,10 +43,6 @@ STATS_QUEUE = 36
 EXP_DUMP_INTERNAL = 40
 EXP_DUMP_EXTERNAL = 41
 ALL_COMMIT = 46
-
-#: sun_path is 108 bytes with its NUL.
-_UNIX_PATH_MAX = 107
-_SOCKET_BUFFER = 8 * 1024 * 1024
 
 
 class ConntrackdError(RuntimeError):
@@ -136,90 +126,51 @@ def parse_stats(text: str) -> dict[str, dict[str, int]]:
     return out
 
 
-def _as_links(links: Sequence[PeerLink | tuple[str, str, str]], port: int) -> list[PeerLink]:
-    out = []
-    for i, link in enumerate(links):
-        if isinstance(link, PeerLink):
-            out.append(link)
-        else:
-            ifname, local, peer = link
-            out.append(PeerLink(ifname, local, peer, port + i, i == 0))
-    return out
-
-
-class Conntrackd:
+class Conntrackd(SyncDaemonProcess):
     """One conntrackd process in ``ns``, with its config, socket, lock and log in ``dir``.
 
     ``links``: :class:`PeerLink` (see ``SyncLab.peer_links``) or ``(ifname, local,
     peer_or_group)`` tuples, link i on port ``port + i``. ``ignore_addresses`` go into an
     ``Address Ignore`` filter (pass the sync link addresses). The daemon runs with a normal
-    (not real-time) scheduler, see :meth:`config_text`.
+    (not real-time) scheduler, see :meth:`config_text`. The options both harnesses take
+    are :class:`~nfsyncd.lab.sync_daemon_base.SyncOptions`.
     """
 
     kind = "conntrackd"
+    error = ConntrackdError
+    config_name = "conntrackd.conf"
+    socket_name = "ctd.ctl"
+    socket_prefix = "ctd-"
+    max_links = 4
+    start_timeout = 15.0
+    stop_grace = 5.0
+    ready_what = "conntrackd to answer on its socket"
+    connected_what = "conntrackd TCP links"
+    log_tail = 4000
 
     def __init__(
         self,
         ns: Netns,
         dir: Path,
         *,
-        mode: Mode = "ftfw",
-        transport: Transport = "udp",
-        links: Sequence[PeerLink | tuple[str, str, str]],
-        port: int = 3780,
-        expectations: bool = False,
-        disable_external_cache: bool = False,
-        disable_internal_cache: bool = False,
-        startup_resync: bool = False,
-        commit_timeout: int | None = None,
-        refresh_time: int | None = None,
-        cache_timeout: int | None = None,
-        ignore_addresses: Sequence[str] = (),
         hash_size: int = 65536,
         hash_limit: int = 524288,
-        socket_buffer: int = _SOCKET_BUFFER,
         extra_general: str = "",
         extra_sync: str = "",
         binary: str = "conntrackd",
         start: bool = True,
-        start_timeout: float = 15.0,
+        start_timeout: float | None = None,
+        **options: Unpack[SyncOptions],
     ) -> None:
-        self.ns = ns
-        self.dir = Path(dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.mode = mode
-        self.transport = transport
-        self.links = _as_links(links, port)
-        if not 1 <= len(self.links) <= 4:
-            raise ValueError(f"conntrackd takes 1 to 4 links, got {len(self.links)}")
-        self.expectations = expectations
-        self.disable_external_cache = disable_external_cache
-        self.disable_internal_cache = disable_internal_cache
-        self.startup_resync = startup_resync
-        self.commit_timeout = commit_timeout
-        self.refresh_time = refresh_time
-        self.cache_timeout = cache_timeout
-        self.ignore_addresses = list(ignore_addresses)
+        super().__init__(ns, dir, **options)
         self.hash_size = hash_size
         self.hash_limit = hash_limit
-        self.socket_buffer = socket_buffer
         self.extra_general = extra_general
         self.extra_sync = extra_sync
         self.binary = binary
-        self.config = self.dir / "conntrackd.conf"
-        self.log = self.dir / "conntrackd.log"
         self.out = self.dir / "conntrackd.out"
         self.lock = self.dir / "conntrackd.lock"
-        self._sock_dir: str | None = None
-        self.socket = self.dir / "ctd.ctl"
-        if len(str(self.socket)) > _UNIX_PATH_MAX:
-            self._sock_dir = tempfile.mkdtemp(prefix="ctd-")
-            self.socket = Path(self._sock_dir) / "ctd.ctl"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._out_fh: IO[bytes] | None = None
-        self.config.write_text(self.config_text())
-        if start:
-            self.start(start_timeout)
+        self._launch(start, start_timeout)
 
     # -- config ---------------------------------------------------------------------------
 
@@ -309,90 +260,18 @@ class Conntrackd:
 
     # -- process --------------------------------------------------------------------------
 
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise ConntrackdError("conntrackd is not started")
-        return self.proc.pid
+    def _argv(self) -> list[str]:
+        return [self.binary, "-C", str(self.config)]
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 15.0) -> None:
-        """Start ``conntrackd -C conf`` (foreground) and return once its socket answers."""
-        if self.alive:
-            raise ConntrackdError("conntrackd is already running")
+    def _before_start(self) -> None:
         self.lock.unlink(missing_ok=True)  # a previous SIGKILLed run leaves it behind
-        self._out_fh = self.out.open("ab")
-        self.proc = self.ns.popen(
-            self.binary,
-            "-C",
-            str(self.config),
-            stdout=self._out_fh,
-            stderr=subprocess.STDOUT,
-        )
 
-        def ready() -> bool:
-            if not self.alive:
-                raise ConntrackdError(
-                    f"conntrackd exited with {self.proc.returncode if self.proc else None}:\n"
-                    f"{self.log_text()}"
-                )
-            try:
-                self.request(STATS, timeout=2)
-            except OSError:
-                return False
-            return True
-
+    def _ready(self) -> bool:
         try:
-            wait_for(ready, timeout=timeout, what="conntrackd to answer on its socket")
-        except TimeoutError as exc:
-            self.stop()
-            raise ConntrackdError(f"{exc}\n{self.log_text()}") from None
-
-    def stop(self, grace: float = 5.0) -> int | None:
-        """SIGTERM by PID, then SIGKILL after ``grace`` s. Returns the exit status."""
-        rc: int | None = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            rc = self.proc.returncode
-        if self._out_fh is not None:
-            self._out_fh.close()
-            self._out_fh = None
-        if self._sock_dir is not None and not self.alive:
-            for leftover in Path(self._sock_dir).iterdir():
-                leftover.unlink(missing_ok=True)
-        return rc
-
-    def close(self) -> None:
-        self.stop()
-        if self._sock_dir is not None:
-            with contextlib.suppress(OSError):
-                os.rmdir(self._sock_dir)
-            self._sock_dir = None
-
-    def __enter__(self) -> Conntrackd:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def log_text(self) -> str:
-        """The tail of the LogFile (console output too, when it says something else)."""
-        log = self.log.read_text(errors="replace") if self.log.exists() else ""
-        out = self.out.read_text(errors="replace") if self.out.exists() else ""
-        text = f"--- {self.log}\n{log[-4000:]}"
-        extra = "\n".join(ln for ln in out.splitlines() if ln not in log)
-        if extra:
-            text += f"\n--- {self.out}\n{extra[-2000:]}"
-        return text
+            self.request(STATS, timeout=2)
+        except OSError:
+            return False
+        return True
 
     def connected(self) -> bool:
         """TCP: both connections (ours to the peer, the peer's to us) are up; else True."""
@@ -402,17 +281,6 @@ class Conntrackd:
         return bool(headers) and all(
             "server=connected" in h and "client=connected" in h for h in headers
         )
-
-    def wait_connected(self, timeout: float = 10.0) -> None:
-        wait_for(self.connected, timeout=timeout, what=f"conntrackd TCP links\n{self.log_text()}")
-
-    def cpu_seconds(self) -> float:
-        """utime+stime of the daemon and its reaped children (its dump/flush forks)."""
-        return proc_cpu_seconds(self.pid)
-
-    def rss(self) -> int:
-        """Resident set size in bytes."""
-        return proc_rss(self.pid)
 
     # -- client ---------------------------------------------------------------------------
 
@@ -509,6 +377,3 @@ class Conntrackd:
     def bulk_send(self) -> None:
         """``-B``: send the whole internal cache to the peer."""
         self.ctl("-B")
-
-    def info(self) -> dict[str, Any]:
-        return {"kind": self.kind, "pid": self.pid, "mode": self.mode, "config": str(self.config)}

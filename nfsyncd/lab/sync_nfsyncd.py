@@ -10,33 +10,19 @@ the CLI's own client class (JSON lines, no process spawn).
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal, Unpack
 
 from ..ctl import Client, CtlError
 from .netns import Netns
-from .sync_conntrackd import _as_links  # same link scheme as conntrackd's harness
-from .sync_lab import (
-    FlowKey,
-    PeerLink,
-    Transport,
-    json_flow_key,
-    proc_cpu_seconds,
-    proc_rss,
-    wait_for,
-)
+from .sync_daemon_base import SyncDaemonProcess, SyncOptions
+from .sync_lab import FlowKey, json_flow_key
 
 __all__ = ["Nfsyncd", "NfsyncdError"]
-
-Mode = Literal["ftfw", "alarm", "notrack"]
-_UNIX_PATH_MAX = 107
-_SOCKET_BUFFER = 8 * 1024 * 1024
 
 
 class NfsyncdError(RuntimeError):
@@ -47,7 +33,7 @@ def _toml_str(value: str) -> str:
     return json.dumps(value)  # a JSON string is a valid TOML basic string
 
 
-class Nfsyncd:
+class Nfsyncd(SyncDaemonProcess):
     """One nfsyncd process in ``ns`` with config, control socket and log in ``dir``.
 
     Mirrors :class:`~nfsyncd.lab.sync_conntrackd.Conntrackd`'s arguments; ``extra_toml`` is
@@ -58,25 +44,22 @@ class Nfsyncd:
     """
 
     kind = "nfsyncd"
+    error = NfsyncdError
+    config_name = "nfsyncd.toml"
+    socket_name = "control.sock"
+    socket_prefix = "nfs-"
+    start_timeout = 30.0
+    stop_grace = 10.0
+    ready_interval = 0.05
+    ready_what = "nfsyncd to become ready"
+    connected_what = "nfsyncd sync links"
+    log_tail = 6000
 
     def __init__(
         self,
         ns: Netns,
         dir: Path,
         *,
-        mode: Mode = "ftfw",
-        transport: Transport = "udp",
-        links: Sequence[PeerLink | tuple[str, str, str]],
-        port: int = 3780,
-        expectations: bool = False,
-        disable_external_cache: bool = False,
-        disable_internal_cache: bool = False,
-        startup_resync: bool = False,
-        commit_timeout: int | None = None,
-        refresh_time: int | None = None,
-        cache_timeout: int | None = None,
-        ignore_addresses: Sequence[str] = (),
-        socket_buffer: int = _SOCKET_BUFFER,
         peer_version: str | None = None,
         sync_options: dict[str, Any] | None = None,
         nftables: bool = True,
@@ -86,23 +69,10 @@ class Nfsyncd:
         log_level: str = "info",
         python: str = sys.executable,
         start: bool = True,
-        start_timeout: float = 30.0,
+        start_timeout: float | None = None,
+        **options: Unpack[SyncOptions],
     ) -> None:
-        self.ns = ns
-        self.dir = Path(dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.mode = mode
-        self.transport = transport
-        self.links = _as_links(links, port)
-        self.expectations = expectations
-        self.disable_external_cache = disable_external_cache
-        self.disable_internal_cache = disable_internal_cache
-        self.startup_resync = startup_resync
-        self.commit_timeout = commit_timeout
-        self.refresh_time = refresh_time
-        self.cache_timeout = cache_timeout
-        self.ignore_addresses = list(ignore_addresses)
-        self.socket_buffer = socket_buffer
+        super().__init__(ns, dir, **options)
         self.peer_version = peer_version
         self.sync_options = dict(sync_options or {})
         self.nftables = nftables
@@ -111,18 +81,7 @@ class Nfsyncd:
         self.metrics = metrics
         self.log_level = log_level
         self.python = python
-        self.config = self.dir / "nfsyncd.toml"
-        self.log = self.dir / "nfsyncd.log"
-        self._sock_dir: str | None = None
-        self.socket = self.dir / "control.sock"
-        if len(str(self.socket)) > _UNIX_PATH_MAX:
-            self._sock_dir = tempfile.mkdtemp(prefix="nfs-")
-            self.socket = Path(self._sock_dir) / "control.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log_fh: IO[bytes] | None = None
-        self.config.write_text(self.config_text())
-        if start:
-            self.start(start_timeout)
+        self._launch(start, start_timeout)
 
     # -- config ---------------------------------------------------------------------------
 
@@ -182,87 +141,17 @@ class Nfsyncd:
 
     # -- process --------------------------------------------------------------------------
 
-    @property
-    def pid(self) -> int:
-        if self.proc is None:
-            raise NfsyncdError("nfsyncd is not started")
-        return self.proc.pid
+    def _argv(self) -> list[str]:
+        return [self.python, "-m", "nfsyncd.daemon", "-C", str(self.config)]
 
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def _popen_options(self) -> dict[str, Any]:
+        return {"cwd": str(Path(__file__).resolve().parents[2])}
 
-    def start(self, timeout: float = 30.0) -> None:
-        """Start ``python -m nfsyncd.daemon -C conf``; return once ``status`` says ready."""
-        if self.alive:
-            raise NfsyncdError("nfsyncd is already running")
-        self._log_fh = self.log.open("ab")
-        self.proc = self.ns.popen(
-            self.python,
-            "-m",
-            "nfsyncd.daemon",
-            "-C",
-            str(self.config),
-            stdout=self._log_fh,
-            stderr=subprocess.STDOUT,
-            cwd=str(Path(__file__).resolve().parents[2]),
-        )
-
-        def ready() -> bool:
-            if not self.alive:
-                rc = self.proc.returncode if self.proc else None
-                raise NfsyncdError(f"nfsyncd exited with {rc}:\n{self.log_text()}")
-            try:
-                return bool(self.status().get("ready"))
-            except (OSError, CtlError):
-                return False
-
+    def _ready(self) -> bool:
         try:
-            wait_for(ready, timeout=timeout, interval=0.05, what="nfsyncd to become ready")
-        except TimeoutError as exc:
-            self.stop()
-            raise NfsyncdError(f"{exc}\n{self.log_text()}") from None
-
-    def stop(self, grace: float = 10.0) -> int | None:
-        """SIGTERM by PID, then SIGKILL after ``grace`` s. Returns the exit status."""
-        rc: int | None = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGTERM)
-                try:
-                    self.proc.wait(grace)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
-            rc = self.proc.returncode
-        if self._log_fh is not None:
-            self._log_fh.close()
-            self._log_fh = None
-        return rc
-
-    def close(self) -> None:
-        self.stop()
-        if self._sock_dir is not None:
-            for leftover in Path(self._sock_dir).iterdir():
-                leftover.unlink(missing_ok=True)
-            Path(self._sock_dir).rmdir()
-            self._sock_dir = None
-
-    def __enter__(self) -> Nfsyncd:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def log_text(self) -> str:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return f"--- {self.log}\n{text[-6000:]}"
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
-
-    def rss(self) -> int:
-        return proc_rss(self.pid)
+            return bool(self.status().get("ready"))
+        except (OSError, CtlError):
+            return False
 
     # -- client ---------------------------------------------------------------------------
 
@@ -340,9 +229,3 @@ class Nfsyncd:
         sync = self.status().get("sync") or {}
         value = sync.get("connected", True)
         return bool(value)
-
-    def wait_connected(self, timeout: float = 10.0) -> None:
-        wait_for(self.connected, timeout=timeout, what=f"nfsyncd sync links\n{self.log_text()}")
-
-    def info(self) -> dict[str, Any]:
-        return {"kind": self.kind, "pid": self.pid, "mode": self.mode, "config": str(self.config)}

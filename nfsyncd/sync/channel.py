@@ -177,6 +177,9 @@ class NetnsAnchor:
 class Channel(ABC):
     """Sends packed datagrams to the peer and decodes what it sends (one link)."""
 
+    #: whether :meth:`send_ready` works (the engine then sends from the mirror's task)
+    sends_without_waiting: ClassVar[bool] = False
+
     stream: ClassVar[bool] = False
 
     def __init__(self, link: SyncLink, index: int, network: NetworkStats | None = None) -> None:
@@ -242,13 +245,12 @@ class Channel(ABC):
                 sent += 1
         return sent
 
-    def send_ready(self, datagrams: Sequence[bytes]) -> int | None:
+    def send_ready(self, datagrams: Sequence[bytes]) -> int:
         """Send without waiting, in order, as many as the socket takes now; how many went.
 
-        None means this channel cannot send without awaiting (TCP: a stream may block
-        part-way through a datagram), so the caller hands the datagrams to the sender task.
-        """
-        return None
+        Only channels with :attr:`sends_without_waiting` implement it (a TCP stream may
+        block part-way through a datagram, so it always goes through the sender task)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot send without waiting")
 
     @abstractmethod
     async def receive(self) -> list[Message]:

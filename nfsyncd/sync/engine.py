@@ -224,7 +224,7 @@ class SyncEngine:
         """Everything the mode has ready, sent without awaiting; False if the channel
         cannot do that (the sender task then sends it)."""
         channel = self.links.channels[self.links.active]
-        if channel.send_ready(()) is None:
+        if not channel.sends_without_waiting:
             return False
         while self.mode.has_output():
             msgs = self.mode.output()
@@ -232,7 +232,7 @@ class SyncEngine:
                 break
             datagrams = pack_datagrams(msgs, self.links.payload_size)
             self.stats.messages_sent += len(msgs)
-            ok = channel.send_ready(datagrams) or 0
+            ok = channel.send_ready(datagrams)
             self.stats.datagrams_sent += ok
             if ok < len(datagrams):
                 self._unsent = datagrams[ok:]  # numbered already: they go out next

@@ -33,6 +33,7 @@ class DatagramChannel(Channel):
     """A sender and a receiver socket; subclasses say how they are made and bound."""
 
     stream: ClassVar[bool] = False
+    sends_without_waiting: ClassVar[bool] = True
 
     def __init__(self, link: SyncLink, index: int, network: NetworkStats | None = None) -> None:
         super().__init__(link, index, network)
@@ -132,12 +133,12 @@ class DatagramChannel(Channel):
         await trio.lowlevel.checkpoint()
         return sent
 
-    def send_ready(self, datagrams: Sequence[bytes]) -> int | None:
+    def send_ready(self, datagrams: Sequence[bytes]) -> int:
         """The same plain ``sendto`` loop, stopping (not waiting) when the buffer is full:
         the engine calls it from the mirror's task, so a few events cost no task switch."""
         tx = self._tx_raw
         if tx is None or self.closed:
-            return None
+            return 0  # the sender task tries, and counts the failure
         dest = self._dest
         sent = 0
         for datagram in datagrams:

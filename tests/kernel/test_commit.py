@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -41,7 +42,7 @@ from tests.kernel._ctutil import (
     v4,
     v6,
 )
-from tests.unit._fake_peer import over_the_wire
+from tests.unit._fake_peer import Clock, established_tcp, over_the_wire
 
 pytestmark = pytest.mark.kernel
 
@@ -52,6 +53,7 @@ CONFIRMED = int(Status.CONFIRMED)
 EXPECTED = int(Status.EXPECTED)
 SNAT = int(Status.SRC_NAT | Status.SRC_NAT_DONE)
 DNAT = int(Status.DST_NAT | Status.DST_NAT_DONE)
+CLOCK_START = 5000.0  # the fake clock at arrival
 TIME_PASSED = 40  # seconds between arrival and commit, on the cache's fake clock
 
 #: nat hooks (so NAT flows would translate) and a ct label rule (so labels are kept)
@@ -70,22 +72,8 @@ table inet labels {
 """
 
 
-class Clock:
-    def __init__(self, t: float = 5000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def est(sport: int, **kw: object) -> Flow:
-    flow = Flow(
-        Tuple(A4, B4, IPPROTO_TCP, sport, 80),
-        status=SR_AS,
-        timeout=300,
-        protoinfo=TcpInfo(state=3),
-    )
-    return flow._replace(**kw)
+def est(sport: int, **kw: Any) -> Flow:
+    return established_tcp(A4, B4, sport, timeout=300)._replace(**kw)
 
 
 LABELS = bytes([0b101]) + bytes(14) + b"\x80"  # bits 0, 2, 127
@@ -123,7 +111,7 @@ async def test_commit_flows(lab: CtLab, tmp_path: Path) -> None:
     peer had it), status bits, mark, zone, labels, helper, TCP state made liberal, and the
     timeout the peer sent minus the time since it arrived; conntrack -L agrees."""
     lab.ns.nft(RULESET)
-    clock = Clock()
+    clock = Clock(CLOCK_START)
     ext = ExternalCache(clock=clock)
     msgs = [over_the_wire(MsgType.CT_NEW, flow) for flow in CASES.values()]
     ext.apply(msgs)
@@ -166,7 +154,7 @@ async def test_commit_flows(lab: CtLab, tmp_path: Path) -> None:
 
 async def test_commit_timeout_fixed_and_fallback(lab: CtLab) -> None:
     """CommitTimeout overrides the estimate; a used-up or missing timeout becomes 60."""
-    clock = Clock()
+    clock = Clock(CLOCK_START)
     ext = ExternalCache(clock=clock)
     ext.apply([over_the_wire(MsgType.CT_NEW, est(1, timeout=30))])
     ext.apply([over_the_wire(MsgType.CT_NEW, est(2, timeout=None))])

@@ -37,12 +37,12 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import trio
 
+from nfsyncd import nft
 from nfsyncd.config import parse_config
 from nfsyncd.kernel import FLOW_EVENT_GROUPS, Conntrack, Event, EventStream, Overrun
 from nfsyncd.lab.netns import Netns, add_address, veth_pair
@@ -66,17 +66,8 @@ PAYLOAD = 4096
 # -- the generated table ----------------------------------------------------------------------
 
 
-def nft_module() -> ModuleType:
-    try:
-        import nfsyncd.nft as nft
-    except ImportError as exc:
-        pytest.skip(f"waiting for nfsyncd.nft ({exc})")
-    return nft
-
-
 def apply_config(ns: Netns, toml: str) -> Any:
     """Build the table from ``toml`` and apply it in ``ns``; returns the table."""
-    nft = nft_module()
     table = nft.build_table(parse_config(toml, "<test_nft_traffic>"))
     with ns.entered():
         backend = nft.NftBackend()

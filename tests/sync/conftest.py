@@ -23,10 +23,9 @@ import pytest
 from nfsyncd.lab.sync_daemons import START_ERRORS, start_sync_daemon
 from nfsyncd.lab.sync_lab import FW, SyncDaemon, SyncLab
 from tests._support import require_binary
+from tests.sync._helpers import StartDaemon, StartPair
 
 DAEMONS = ("conntrackd", "nfsyncd")
-
-StartDaemon = Callable[..., SyncDaemon]
 
 
 @pytest.fixture
@@ -79,9 +78,7 @@ def start_daemon(root: None, tmp_path: Path) -> Iterator[StartDaemon]:
 
 
 @pytest.fixture
-def start_pair(
-    start_daemon: StartDaemon,
-) -> Callable[..., tuple[SyncDaemon, SyncDaemon]]:
+def start_pair(start_daemon: StartDaemon) -> StartPair:
     """``start_pair(kind1, kind2, lab, **options)``: kind1 on fw1, kind2 on fw2."""
 
     def start(

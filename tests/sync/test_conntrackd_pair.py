@@ -20,7 +20,6 @@ from nfsyncd.lab.sync_lab import (
     SYNTH_NET,
     FlowKey,
     PeerLink,
-    SyncDaemon,
     SyncLab,
     flow_key,
     json_flow_key,
@@ -28,32 +27,7 @@ from nfsyncd.lab.sync_lab import (
 )
 from nfsyncd.lab.sync_nfsyncd import Nfsyncd
 from tests._support import require_binary, wait_until
-
-StartPair = Callable[..., tuple[SyncDaemon, SyncDaemon]]
-
-
-def wait_keys(daemon: SyncDaemon, want: set[FlowKey], *, timeout: float = 15.0) -> None:
-    def arrived() -> bool:
-        return want <= daemon.external_keys()
-
-    try:
-        wait_until(arrived, timeout=timeout, interval=0.1, what="flows in the external cache")
-    except BaseException:
-        missing = want - daemon.external_keys()
-        print(f"{len(missing)} missing, e.g. {[k.describe() for k in list(missing)[:5]]}")
-        raise
-
-
-def real_traffic(lab: SyncLab) -> set[FlowKey]:
-    return {
-        lab.tcp_flow("fw1"),
-        lab.udp_flow("fw1"),
-        lab.ping("fw1"),
-        lab.tcp_flow("fw1", v6=True),
-        lab.udp_flow("fw1", v6=True),
-        lab.ping("fw1", v6=True),
-    }
-
+from tests.sync._helpers import StartPair, real_traffic, wait_external
 
 # -- no root needed ---------------------------------------------------------------------------
 
@@ -166,7 +140,7 @@ def test_ftfw_udp_pair_replicates_commits_updates_and_deletes(
     synth = {flow_key(f) for f in flows}
     assert real <= lab.kernel_keys("fw1")
     wait_until(lambda: real | synth <= c1.internal_keys(), what="fw1's internal cache")
-    wait_keys(c2, real | synth)
+    wait_external(c2, real | synth)
     assert c2.external_count() >= len(real | synth)
     # the sync link's own traffic is neither tracked nor replicated
     assert not any(k.src.startswith("198.18.") for k in c2.external_keys())
@@ -210,7 +184,7 @@ def test_pair_variants_replicate(
     lab = sync_lab
     _c1, c2 = start_pair("conntrackd", "conntrackd", lab, mode=mode, transport=transport)
     want = real_traffic(lab) | {flow_key(f) for f in lab.create_flows("fw1", 300)}
-    wait_keys(c2, want)
+    wait_external(c2, want)
     c2.commit()
     assert want <= lab.kernel_keys("fw2")
 
@@ -249,7 +223,7 @@ def test_loss_is_seen_and_a_resync_repairs_it(sync_lab: SyncLab, start_pair: Sta
     lab.loss("fw2", 0)
     assert "lossy" not in lab.ns("fw2").run("nft", "list", "tables").stdout
     c2.resync_request()
-    wait_keys(c2, {flow_key(f) for f in flows}, timeout=30)
+    wait_external(c2, {flow_key(f) for f in flows}, timeout=30)
 
 
 @pytest.mark.kernel
@@ -260,14 +234,14 @@ def test_failover_to_second_link(
     c1, c2 = start_pair("conntrackd", "conntrackd", lab)
     assert isinstance(c1, Conntrackd)
     first = {flow_key(f) for f in lab.create_flows("fw1", 100)}
-    wait_keys(c2, first)
+    wait_external(c2, first)
     assert "device=sync0" in c1.stats()
     lab.link_down(0)
     wait_until(
         lambda: "active device=sync1" in c1.stats(), timeout=10, what="fw1 to switch to sync1"
     )
     second = {flow_key(f) for f in lab.create_flows("fw1", 100, base=100)}
-    wait_keys(c2, second)
+    wait_external(c2, second)
     lab.link_up(0)
 
 

@@ -23,7 +23,7 @@ import ftplib
 import re
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,8 +47,7 @@ from nfsyncd.lab.sync_lab import (
 from nfsyncd.lab.sync_nfsyncd import Nfsyncd
 from nfsyncd.model import Expectation, Flow, ProtoInfo, SctpInfo, TcpInfo, Tuple, format_addr
 from tests._support import FTP_PASSIVE_PORTS, ftp_helper_ruleset, start_ftp_server, wait_until
-
-StartPair = Callable[..., tuple[SyncDaemon, SyncDaemon]]
+from tests.sync._helpers import StartPair, real_traffic, wait_external
 
 DIRECTIONS = [
     pytest.param(("conntrackd", "nfsyncd"), id="conntrackd-to-nfsyncd"),
@@ -300,35 +299,10 @@ def ftp_sessions(lab: SyncLab, root: Path) -> Iterator[Ftp]:
         yield Ftp(keys, data_key, master, exp)
 
 
-def real_traffic(lab: SyncLab) -> set[FlowKey]:
-    return {
-        lab.tcp_flow("fw1"),
-        lab.udp_flow("fw1"),
-        lab.ping("fw1"),
-        lab.tcp_flow("fw1", v6=True),
-        lab.udp_flow("fw1", v6=True),
-        lab.ping("fw1", v6=True),
-    }
-
-
 def make_workload(lab: SyncLab) -> Workload:
     special = lab.create_flows("fw1", special_flows())
     synth = lab.create_flows("fw1", SYNTH, mark=3)
     return Workload(real_traffic(lab), special, synth)
-
-
-def wait_keys(daemon: SyncDaemon, want: set[FlowKey], *, timeout: float = 15.0) -> None:
-    try:
-        wait_until(
-            lambda: want <= daemon.external_keys(),
-            timeout=timeout,
-            interval=0.1,
-            what=f"flows in {daemon.kind}'s external cache",
-        )
-    except BaseException:
-        missing = want - daemon.external_keys()
-        print(f"{len(missing)} missing, e.g. {[k.describe() for k in list(missing)[:8]]}")
-        raise
 
 
 def check_kernel(lab: SyncLab, fw: FW, work: Workload, committer: str) -> None:
@@ -423,7 +397,7 @@ def test_interop(
     with ftp_sessions(lab, tmp_path / "ftp") as ftp:
         work.ftp = ftp
         expectation = ftp.expectation
-        wait_keys(receiver, work.keys)
+        wait_external(receiver, work.keys)
         wait_until(
             lambda: exp_key(expectation) in external_expect_keys(receiver),
             timeout=15,
@@ -476,7 +450,7 @@ def test_ftfw_conntrackd_restart_hello_then_resync(
     ctd, nfs = (sender, receiver) if isinstance(sender, Conntrackd) else (receiver, sender)
     assert isinstance(ctd, Conntrackd) and isinstance(nfs, Nfsyncd)
     before = {flow_key(f) for f in lab.create_flows("fw1", 200, base=0)}
-    wait_keys(receiver, before)
+    wait_external(receiver, before)
 
     # Wait until conntrackd got nfsyncd's HELLO_BACK and stopped flagging HELLO. Before
     # that, nfsyncd takes a HELLO whose seq continues the previous one for the same session
@@ -487,7 +461,7 @@ def test_ftfw_conntrackd_restart_hello_then_resync(
     down = {flow_key(f) for f in lab.create_flows("fw1", 50, base=200)}
     ctd.start()
     after = {flow_key(f) for f in lab.create_flows("fw1", 50, base=250)}
-    wait_keys(receiver, after)
+    wait_external(receiver, after)
     # the restarted conntrackd's HELLO (it sends one within its 1 s ALIVE at the latest)
     wait_until(lambda: nfs_hellos(nfs) == 2, timeout=5, what="the restarted peer's HELLO")
 
@@ -496,4 +470,4 @@ def test_ftfw_conntrackd_restart_hello_then_resync(
     else:
         assert isinstance(receiver, Nfsyncd)
         receiver.ctl("request-resync")
-    wait_keys(receiver, before | down | after)
+    wait_external(receiver, before | down | after)

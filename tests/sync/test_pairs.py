@@ -35,7 +35,6 @@ from nfsyncd.lab.sync_lab import (
     TRAFFIC_SRV,
     TRAFFIC_SRV6,
     FlowKey,
-    SyncDaemon,
     SyncLab,
     flow_key,
     json_flow_key,
@@ -44,10 +43,10 @@ from nfsyncd.lab.sync_lab import (
 from nfsyncd.lab.sync_nfsyncd import Nfsyncd
 from nfsyncd.model import TCP_STATE_NAMES, Expectation, Flow, Status, TcpInfo
 from tests._support import FTP_PASSIVE_PORTS, FtpServer, wait_until
+from tests.sync._helpers import StartPair, real_traffic, wait_keys
 
 pytestmark = pytest.mark.kernel
 
-StartPair = Callable[..., tuple[SyncDaemon, SyncDaemon]]
 FtpFactory = Callable[..., FtpServer]
 
 #: every mode over the transports the issue names
@@ -99,28 +98,6 @@ def nfs_pair(start_pair: StartPair, lab: SyncLab, **options: Any) -> tuple[Nfsyn
     d1, d2 = start_pair("nfsyncd", "nfsyncd", lab, **options)
     assert isinstance(d1, Nfsyncd) and isinstance(d2, Nfsyncd)
     return d1, d2
-
-
-def real_traffic(lab: SyncLab) -> set[FlowKey]:
-    return {
-        lab.tcp_flow("fw1"),
-        lab.udp_flow("fw1"),
-        lab.ping("fw1"),
-        lab.tcp_flow("fw1", v6=True),
-        lab.udp_flow("fw1", v6=True),
-        lab.ping("fw1", v6=True),
-    }
-
-
-def wait_keys(
-    get: Callable[[], set[FlowKey]], want: set[FlowKey], what: str, timeout: float = 15.0
-) -> None:
-    try:
-        wait_until(lambda: want <= get(), timeout=timeout, interval=0.1, what=what)
-    except BaseException:
-        missing = want - get()
-        print(f"{len(missing)} missing, e.g. {[k.describe() for k in list(missing)[:5]]}")
-        raise
 
 
 def settled_snapshot(lab: SyncLab, d2: Nfsyncd, keys: set[FlowKey]) -> dict[FlowKey, Flow] | None:

@@ -9,17 +9,17 @@ conntrackd syncs, whose helper this node does not assign, is counted.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from nfsyncd.lab.sync_conntrackd import Conntrackd
-from nfsyncd.lab.sync_lab import SyncDaemon, SyncLab, flow_key
+from nfsyncd.lab.sync_lab import SyncLab, flow_key
 from nfsyncd.lab.sync_nfsyncd import Nfsyncd
 from nfsyncd.sync.parity import MAX_TRIES, NO_ANNOUNCE
 from tests._support import wait_until
+from tests.sync._helpers import StartDaemon
 from tests.sync.test_interop import (
     _NET_COUNTER,
     exp_key,
@@ -30,8 +30,6 @@ from tests.sync.test_interop import (
 )
 
 pytestmark = pytest.mark.kernel
-
-StartDaemon = Callable[..., SyncDaemon]
 
 
 def helpers_toml(*helpers: str) -> str:

@@ -30,7 +30,6 @@ from nfsyncd.lab.sync_lab import (
     SYNTH_NET,
     FlowKey,
     PeerLink,
-    SyncDaemon,
     SyncLab,
     flow_key,
     json_flow_key,
@@ -41,10 +40,9 @@ from nfsyncd.model import EventKind
 from nfsyncd.sync import Encoder, MsgType, NetworkStats, decode_datagram
 from nfsyncd.sync.ftfw import RESEND_AFTER, FtfwMode
 from tests._support import wait_until
+from tests.sync._helpers import StartDaemon, StartPair
 from tests.unit._fake_peer import Pair, apply_changes, flow, round_trip
 
-StartPair = Callable[..., tuple[SyncDaemon, SyncDaemon]]
-StartDaemon = Callable[..., SyncDaemon]
 NEW, UPD, DEL = EventKind.NEW, EventKind.UPDATE, EventKind.DESTROY
 
 

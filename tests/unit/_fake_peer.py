@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from nfsyncd._config_types import SyncConfig
 from nfsyncd.cache import Change
-from nfsyncd.model import IPPROTO_TCP, EventKind, Expectation, Flow, TcpInfo, Tuple
+from nfsyncd.model import IPPROTO_TCP, EventKind, Expectation, Flow, Status, TcpInfo, Tuple
 from nfsyncd.sync import (
     Encoder,
     Message,
@@ -53,6 +53,16 @@ def flow(i: int, *, mark: int | None = None, timeout: int = 300, zone: int | Non
         timeout=timeout,
         mark=mark,
         zone=zone,
+        protoinfo=TcpInfo(state=3),
+    )
+
+
+def established_tcp(src: bytes, dst: bytes, sport: int, *, timeout: int) -> Flow:
+    """An established, assured TCP flow ``src:sport -> dst:80`` (``_replace`` the rest)."""
+    return Flow(
+        Tuple(src, dst, IPPROTO_TCP, sport, 80),
+        status=int(Status.SEEN_REPLY | Status.ASSURED),
+        timeout=timeout,
         protoinfo=TcpInfo(state=3),
     )
 

@@ -9,6 +9,7 @@ import gc
 import socket
 import tracemalloc
 from collections.abc import Sequence
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,7 @@ from nfsyncd.netlink import NetlinkError, Request, iter_attrs
 from nfsyncd.netlink import ctnetlink as ct
 from nfsyncd.netlink._socket import NLM_F_CREATE, NLM_F_EXCL
 from nfsyncd.sync import Message, MsgType
-from tests.unit._fake_peer import over_the_wire
+from tests.unit._fake_peer import Clock, established_tcp, over_the_wire
 
 A, B, C = (socket.inet_aton(f"198.18.0.{n}") for n in (1, 2, 3))
 A6 = socket.inet_pton(socket.AF_INET6, "fd00:198:18::1")
@@ -45,22 +46,8 @@ B6 = socket.inet_pton(socket.AF_INET6, "fd00:198:18::2")
 SR_AS = int(Status.SEEN_REPLY | Status.ASSURED)
 
 
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def tcp(sport: int, **kw: object) -> Flow:
-    base = Flow(
-        Tuple(A, B, IPPROTO_TCP, sport, 80),
-        status=SR_AS,
-        timeout=120,
-        protoinfo=TcpInfo(state=3),
-    )
-    return base._replace(**kw)
+def tcp(sport: int, **kw: Any) -> Flow:
+    return established_tcp(A, B, sport, timeout=120)._replace(**kw)
 
 
 def msg(mtype: MsgType, obj: Flow | Expectation) -> Message:
