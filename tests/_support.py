@@ -16,6 +16,7 @@ from typing import NoReturn, TypeVar
 
 import pytest
 
+from nfsyncd.lab.failover_traffic import FTP_PASSIVE_PORTS  # noqa: F401 (re-exported)
 from nfsyncd.lab.netns import Netns
 from nfsyncd.lab.sync_lab import wait_for
 
@@ -89,9 +90,6 @@ class NetnsPair:
 
 
 # -- FTP ------------------------------------------------------------------------------------
-
-#: Passive data ports of tests/tools/ftpserver.py.
-FTP_PASSIVE_PORTS = range(30000, 30010)
 
 
 def ftp_helper_ruleset(

@@ -75,7 +75,10 @@ __all__ = [
 STREAM_PORT = 5001
 ECHO_PORT = 5002
 UDP_PORT = 5300
-FTP_PASSIVE_PORTS = range(30000, 30010)
+#: wide on purpose: the kernel's ftp helper drops a 227/PORT reply whose expectation clashes
+#: with a live one of another control connection (same client, same server port), so a
+#: narrow range shared by concurrent and back-to-back sessions makes reply drops likely
+FTP_PASSIVE_PORTS = range(30000, 31000)
 #: One stream frame; the server's frames start with its own counters.
 FRAME = 1024
 _FRAME_HEAD = struct.Struct("!QQ")  # server bytes received, server max gap (µs)

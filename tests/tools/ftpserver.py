@@ -6,7 +6,7 @@ Run inside a lab namespace:
 
 It prints ``READY <address> <port>`` on stdout once the listening socket is bound (connects
 succeed from then on), then serves until SIGTERM. Passive data connections use the fixed
-port range 30000-30009 so firewall rules in tests can name them. Logs go to stderr.
+port range nfsyncd.lab.failover_traffic.FTP_PASSIVE_PORTS. Logs go to stderr.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pyftpdlib.authorizers import DummyAuthorizer
 from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
-PASSIVE_PORTS = range(30000, 30010)
+from nfsyncd.lab.failover_traffic import FTP_PASSIVE_PORTS
+
+PASSIVE_PORTS = FTP_PASSIVE_PORTS
 
 
 def main() -> None:
