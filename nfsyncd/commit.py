@@ -20,7 +20,7 @@ import errno
 import math
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -67,7 +67,7 @@ ADDED_FLAGS_ORIG: Final = 0x2
 ADDED_FLAGS_REPLY: Final = 0x4
 
 CREATE_FLAGS: Final = NLM_F_CREATE | NLM_F_EXCL
-#: requests per write_many call: bounds the memory of a 100k-entry commit
+#: operations the injector writes per write_many call: bounds the memory of a big bulk
 CHUNK: Final = 4096
 
 _LIBERAL_FLAGS: Final = TcpFlags(TCP_FLAG_BE_LIBERAL, TCP_FLAG_BE_LIBERAL)
@@ -226,24 +226,41 @@ class CommitResult:
 
 
 async def _create_flows(
-    conntrack: Conntrack, batch: list[tuple[bytes, Request]], result: CommitResult, related: bool
+    ext: ExternalCache,
+    conntrack: Conntrack,
+    now: float,
+    creates: Iterable[tuple[bytes, bytes]],
+    result: CommitResult,
+    related: bool,
 ) -> None:
-    """Create a batch; clashes (EEXIST) are deleted in one batch and created once more."""
-    outcomes = await conntrack.write_many([req for _, req in batch])
-    clashes: list[tuple[bytes, Request]] = []
+    """Create ``creates`` (key, payload) as one streamed batch; clashes (EEXIST) are
+    deleted in one batch and created once more from the cache."""
+    keys: list[bytes] = []
+    keep = keys.append
+
+    def requests() -> Iterator[Request]:
+        for key, payload in creates:
+            keep(key)
+            yield Request(ct.CT_NEW, CREATE_FLAGS, payload)
+
+    outcomes = await conntrack.write_many(requests())
+    clashes: list[bytes] = []
     done = 0
-    for (key, req), err in zip(batch, outcomes, strict=True):
+    for key, err in zip(keys, outcomes, strict=True):
         if err is None:
             done += 1
         elif err.errno == errno.EEXIST:
-            clashes.append((key, req))
+            clashes.append(key)
         else:
             result.flows_failed += 1
             result._fail(err)
     if clashes:
-        deletes = [delete_flow_request(*unpack_key(key)) for key, _ in clashes]
-        await conntrack.write_many(deletes)  # ENOENT: it went away meanwhile, fine
-        for err in await conntrack.write_many([req for _, req in clashes]):
+        # ENOENT: it went away meanwhile, fine
+        await conntrack.write_many(delete_flow_request(*unpack_key(key)) for key in clashes)
+        retries = ext.flow_creates(now, clashes)
+        for err in await conntrack.write_many(
+            Request(ct.CT_NEW, CREATE_FLAGS, payload) for _, _, payload in retries
+        ):
             if err is None:
                 done += 1
             else:
@@ -274,21 +291,20 @@ async def commit(
         now = ext.clock()
     result = CommitResult()
     if what in ("all", "ct"):
-        related: list[tuple[bytes, Request]] = []
-        batch: list[tuple[bytes, Request]] = []
-        for key, is_related, payload in ext.flow_creates(now):
-            item = (key, Request(ct.CT_NEW, CREATE_FLAGS, payload))
-            if is_related:
-                related.append(item)
-                continue
-            batch.append(item)
-            if len(batch) >= CHUNK:
-                await _create_flows(conntrack, batch, result, False)
-                batch = []
-        if batch:
-            await _create_flows(conntrack, batch, result, False)
-        for i in range(0, len(related), CHUNK):
-            await _create_flows(conntrack, related[i : i + CHUNK], result, True)
+        related: list[bytes] = []
+        later = related.append
+
+        def masters() -> Iterator[tuple[bytes, bytes]]:
+            for key, is_related, payload in ext.flow_creates(now):
+                if is_related:
+                    later(key)
+                else:
+                    yield key, payload
+
+        await _create_flows(ext, conntrack, now, masters(), result, False)
+        if related:
+            creates = ((key, payload) for key, _, payload in ext.flow_creates(now, related))
+            await _create_flows(ext, conntrack, now, creates, result, True)
     if what in ("all", "expect"):
         exps = [
             (exp, Request(ct.EXP_NEW, CREATE_FLAGS, payload))
@@ -343,11 +359,11 @@ async def flush_kernel(
         await conntrack.flush()
     else:
         # the dump must end before the deletes: both use the same socket
-        doomed: list[Request] = []
+        doomed: list[Flow] = []
         async for chunk in conntrack.dump_chunks():
-            doomed.extend(delete_flow_request(f.orig, f.zone) for f in chunk if accepts(f))
-        for i in range(0, len(doomed), CHUNK):
-            deleted += _count_deleted(await conntrack.write_many(doomed[i : i + CHUNK]))
+            doomed.extend(f for f in chunk if accepts(f))
+        requests = (delete_flow_request(f.orig, f.zone) for f in doomed)
+        deleted = _count_deleted(await conntrack.write_many(requests))
     exps = 0
     if expectations:
         # After the flows (deleting a master took its expectations with it), and with the

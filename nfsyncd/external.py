@@ -368,15 +368,22 @@ class ExternalCache:
             yield entry.exp, max(0.0, now - entry.arrival)
 
     # -- for commit --------------------------------------------------------------------
-    def flow_creates(self, now: float) -> Iterator[tuple[bytes, bool, bytes]]:
-        """(key, is related, create payload with its estimated ``CTA_TIMEOUT``) per flow,
-        from a snapshot taken at the first step."""
+    def flow_creates(
+        self, now: float, keys: Iterable[bytes] | None = None
+    ) -> Iterator[tuple[bytes, bool, bytes]]:
+        """(key, is related, create payload with its estimated ``CTA_TIMEOUT``) per flow
+        (or per one of ``keys`` still cached), from a snapshot taken at the first step."""
         commit_timeout = self.commit_timeout
         fixed = None if commit_timeout is None else flow_timeout_attr(
             estimate_timeout(None, now, now, commit_timeout)
         )  # fmt: skip
         join = b"".join
-        for key, rec in list(self._flows.items()):
+        flows = self._flows
+        if keys is None:
+            items = list(flows.items())
+        else:
+            items = [(key, flows[key]) for key in keys if key in flows]
+        for key, rec in items:
             flags, _, arrival, received = _unpack_meta(rec)
             if fixed is None:
                 timeout = estimate_timeout(

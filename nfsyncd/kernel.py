@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, TypeVar
 
@@ -47,8 +47,6 @@ EXPECT_EVENT_GROUPS: Final = (ct.GROUP_EXP_NEW, ct.GROUP_EXP_UPDATE, ct.GROUP_EX
 ALL_EVENT_GROUPS: Final = FLOW_EVENT_GROUPS + EXPECT_EVENT_GROUPS
 
 _T = TypeVar("_T")
-#: flows encoded per batch by create_many (about one sendmsg of ~256 KiB)
-_ENCODE_CHUNK: Final = 1500
 
 
 class Event(NamedTuple):
@@ -140,21 +138,11 @@ class Conntrack:
     ) -> list[NetlinkError | None]:
         """Create flows in large batches; one result per flow (``None`` = created).
 
-        Encodes chunk by chunk rather than all at once: the requests of a 100k-flow batch
-        would otherwise all be alive together (memory, and the cyclic GC rescanning them).
-        """
-        results: list[NetlinkError | None] = []
-        chunk: list[Request] = []
-        for flow in flows:
-            chunk.append(ct.flow_create(flow, exclusive=exclusive))
-            if len(chunk) == _ENCODE_CHUNK:
-                results += await self._nl.batch(chunk)
-                chunk = []
-        if chunk:
-            results += await self._nl.batch(chunk)
-        return results
+        Encoded lazily, chunk by chunk, as the batch is written: the requests of a
+        100k-flow batch are never all alive together (memory, and the cyclic GC)."""
+        return await self._nl.batch(ct.flow_create(f, exclusive=exclusive) for f in flows)
 
-    async def write_many(self, requests: Sequence[Request]) -> list[NetlinkError | None]:
+    async def write_many(self, requests: Iterable[Request]) -> list[NetlinkError | None]:
         """Send prepared requests in batches (see :meth:`NetlinkSocket.batch`)."""
         return await self._nl.batch(requests)
 

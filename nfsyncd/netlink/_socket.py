@@ -21,9 +21,10 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Final, NamedTuple
 
+import outcome
 import trio
 
 from ._attrs import DecodeError, iter_attrs
@@ -180,6 +181,31 @@ def _error_of(msg: Message) -> tuple[int, str | None]:
         except DecodeError:
             pass
     return -neg, ext_msg
+
+
+class _Write:
+    """One chunk written by a worker thread: the kernel does a netlink write's work inside
+    ``sendmsg`` with the GIL released, so the trio thread can encode the next meanwhile."""
+
+    def __init__(self, sock: socket.socket, data: bytes, span: tuple[int, int, int]) -> None:
+        self.span = span
+        self._event = trio.Event()
+        self._outcome: outcome.Outcome[int] | None = None
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: outcome.Outcome[int]) -> None:
+            self._outcome = result
+            token.run_sync_soon(self._event.set)
+
+        trio.lowlevel.start_thread_soon(lambda: sock.send(data), deliver)
+
+    async def done(self) -> None:
+        """Wait for the write (shielded: the chunk is in the kernel's hands either way, and
+        its acks must not be taken for a later request's)."""
+        with trio.CancelScope(shield=True):
+            await self._event.wait()
+        assert self._outcome is not None
+        self._outcome.unwrap()
 
 
 class NetlinkSocket:
@@ -387,48 +413,82 @@ class NetlinkSocket:
         return Request(req.type, req.flags | NLM_F_DUMP, req.payload)
 
     async def batch(
-        self, reqs: Sequence[Request], *, max_bytes: int = MAX_BATCH_BYTES
+        self, reqs: Iterable[Request], *, max_bytes: int = MAX_BATCH_BYTES
     ) -> list[NetlinkError | None]:
         """Send many requests, several per ``sendmsg``; one result per request, in order.
 
         Only the last request of each chunk asks for an ack: the kernel handles a chunk in
         order, so that ack means every earlier request in it is done, and failures arrive
         as individual error messages carrying their own sequence number.
+
+        ``reqs`` is consumed lazily, and while the kernel works through one full chunk
+        (inside ``sendmsg``, in a worker thread, without the GIL) the next one is taken
+        from ``reqs`` and encoded: a commit then costs about the kernel's time, not the
+        kernel's plus ours.
         """
-        results: list[NetlinkError | None] = [None] * len(reqs)
-        i, n = 0, len(reqs)
-        while i < n:
-            j, size = i, 0
-            while j < n and (j == i or size + 20 + len(reqs[j].payload) <= max_bytes):
-                size += 20 + len(reqs[j].payload)
-                j += 1
-            if self._seq + (j - i) > 0xFFFFFFFF:
-                self._seq = 0  # keep the chunk's sequence numbers contiguous
-            first_seq = self._seq + 1
-            self._send(self._encode_chunk(reqs, i, j))
-            await self._collect_acks(results, i, first_seq, self._seq)
-            i = j
-        return results
+        results: list[NetlinkError | None] = []
+        it = iter(reqs)
+        carry: Request | None = None
+        in_flight: _Write | None = None
+        while True:
+            chunk, carry = self._encode_chunk(it, carry, max_bytes)
+            if in_flight is not None:
+                await in_flight.done()
+                await self._collect_acks(results, *in_flight.span)
+                in_flight = None
+            if chunk is None:
+                return results
+            data, first_seq, last_seq = chunk
+            span = (len(results), first_seq, last_seq)
+            results += [None] * (last_seq - first_seq + 1)
+            if carry is not None and self._threaded_writes:
+                in_flight = _Write(self._sock, data, span)  # more follows: overlap it
+            else:
+                self._send(data)
+                await self._collect_acks(results, *span)
 
-    def _encode_chunk(self, reqs: Sequence[Request], i: int, j: int) -> bytes:
-        """Requests ``i`` to ``j - 1`` as one write, only the last asking for an ack.
+    @property
+    def _threaded_writes(self) -> bool:
+        """Only a kernel socket takes a write without blocking; a unit test's socketpair
+        may not, and plays the kernel in the same thread."""
+        return self._sock.family == socket.AF_NETLINK
 
-        :meth:`encode` and :meth:`next_seq` inlined: a commit encodes ~100k requests."""
+    def _encode_chunk(
+        self, it: Iterator[Request], carry: Request | None, max_bytes: int
+    ) -> tuple[tuple[bytes, int, int] | None, Request | None]:
+        """The next requests from ``carry`` and ``it`` as one write of at most ``max_bytes``
+        (or one request, if bigger), only the last asking for an ack: (data, first and
+        last sequence number) or None when there are no more, and the request that did
+        not fit.  :meth:`encode` and :meth:`next_seq` inlined: a commit encodes ~100k."""
+        if carry is None:
+            carry = next(it, None)
+            if carry is None:
+                return None, None
+        if self._seq > 0xFFFFFFFF - max_bytes // 16:
+            self._seq = 0  # keep the chunk's sequence numbers contiguous
         parts: list[bytes] = []
         add = parts.append
-        seq = self._seq
-        last = j - 1
-        for k in range(i, j):
-            mtype, flags, payload = reqs[k]
+        seq = first = self._seq + 1
+        mtype, flags, payload = carry
+        size = 0
+        while True:
             length = 16 + len(payload)
-            seq = (seq + 1) & 0xFFFFFFFF or 1
-            flags |= NLM_F_REQUEST | (NLM_F_ACK if k == last else 0)
-            add(_pack_nlmsghdr(length, mtype, flags, seq, 0))
+            pad = -length & 3
+            size += length + pad
+            add(_pack_nlmsghdr(length, mtype, flags | NLM_F_REQUEST, seq, 0))
             add(payload)
-            if length & 3:
-                add(_PADDING[-length & 3])
+            if pad:
+                add(_PADDING[pad])
+            nxt = next(it, None)
+            if nxt is None or size + 20 + len(nxt.payload) > max_bytes:
+                break
+            seq += 1
+            mtype, flags, payload = nxt
+        # the last one asks for the ack: its header is the third- or second-last part
+        at = -3 if pad else -2
+        parts[at] = _pack_nlmsghdr(length, mtype, flags | NLM_F_REQUEST | NLM_F_ACK, seq, 0)
         self._seq = seq
-        return b"".join(parts)
+        return (b"".join(parts), first, seq), nxt
 
     async def _collect_acks(
         self, results: list[NetlinkError | None], start: int, first_seq: int, last_seq: int
