@@ -68,6 +68,7 @@ LIVE_KEYS: Final[frozenset[str]] = frozenset(
         "general.overrun_resync_delay",
         "general.cache_limit",
         "general.event_batch_limit",
+        "general.event_coalesce",
         "filter.*",
         "expectations.helpers",
         "helpers.assign",
@@ -98,6 +99,9 @@ class General:
     """Seconds between dumps in polling mode; None = event mode."""
     cache_limit: int = 262144
     event_batch_limit: int = 100
+    event_coalesce: float = 0.002
+    """Seconds: the least time between two reads of kernel events while they keep coming
+    (0 = read each as it arrives)."""
 
 
 # Not ``slots=True``: with Generic, the class that option rebuilds breaks ``ListFilter[int](...)``
@@ -472,7 +476,9 @@ def size(low: int) -> Callable[[Any], int]:
     return convert
 
 
-def duration(*, positive: bool = False, or_false: bool = False) -> Callable[[Any], float | None]:
+def duration(
+    *, positive: bool = False, or_false: bool = False, maximum: float | None = None
+) -> Callable[[Any], float | None]:
     def convert(value: Any) -> float | None:
         if value is False and or_false:
             return None
@@ -483,13 +489,15 @@ def duration(*, positive: bool = False, or_false: bool = False) -> Callable[[Any
             raise BadValue(f"must be a finite number of seconds, got {show(value)}")
         if value < 0 or (positive and value == 0):
             raise BadValue(f"must be {'> 0' if positive else '>= 0'}, got {show(value)}")
+        if maximum is not None and value > maximum:
+            raise BadValue(f"must be <= {maximum:g}, got {show(value)}")
         return float(value)
 
     return convert
 
 
-def seconds(*, positive: bool = False) -> Callable[[Any], float]:
-    inner = duration(positive=positive)
+def seconds(*, positive: bool = False, maximum: float | None = None) -> Callable[[Any], float]:
+    inner = duration(positive=positive, maximum=maximum)
     return lambda value: cast(float, inner(value))
 
 

@@ -85,6 +85,8 @@ D = TypeVar("D")
 
 DEFAULT_SOURCE: Final = "<defaults>"
 MAX_LINKS: Final = 4
+#: seconds; a longer pause between event reads would only add sync lag, not save CPU
+MAX_EVENT_COALESCE: Final = 0.1
 
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 LOG_FORMATS: Final = ("text", "json")
@@ -410,6 +412,9 @@ def _general(table: _Table | None) -> General:
         ),
         cache_limit=table.get("cache_limit", default.cache_limit, v.integer(1)),
         event_batch_limit=table.get("event_batch_limit", default.event_batch_limit, v.integer(1)),
+        event_coalesce=table.get(
+            "event_coalesce", default.event_coalesce, v.seconds(maximum=MAX_EVENT_COALESCE)
+        ),
     )
     size, ceiling = general.netlink_buffer_size, general.netlink_buffer_max
     if size > ceiling and table.ok("netlink_buffer_size", "netlink_buffer_max"):

@@ -241,6 +241,7 @@ class Daemon:
                 overrun_resync_delay=new.general.overrun_resync_delay,
                 cache_limit=new.general.cache_limit,
                 event_batch_limit=new.general.event_batch_limit,
+                event_coalesce=new.general.event_coalesce,
             ),
             filter=new.filter,
             expectations=dataclasses.replace(old.expectations, helpers=new.expectations.helpers),
@@ -378,6 +379,7 @@ class Daemon:
             "runtime": {
                 "uptime": round(time.time() - self.started, 1),
                 "events_received": st.events,
+                "event_reads": st.reads,
                 "events_filtered": self.cache.stats_dict().get("filtered", 0),
                 "decode_errors": stream.decode_errors.count if stream else 0,
                 "last_decode_error": stream.decode_errors.last if stream else None,

@@ -40,6 +40,7 @@ CAUGHT_UP_DELAY = 1.0
 @dataclass(slots=True)
 class MirrorStats:
     events: int = 0
+    reads: int = 0  # batches of events read (wakeups of the event task)
     overruns: int = 0
     resyncs: int = 0
     resync_failures: int = 0
@@ -119,9 +120,25 @@ class KernelMirror:
                     await self._events(stream)
 
     async def _events(self, stream: EventStream) -> None:
+        next_read = 0.0
         while True:
+            general = self.config.general
+            if general.event_coalesce:
+                # Events that keep coming are read at most once per event_coalesce: at a
+                # connection's pace each wakeup (the dominant cost, not the decoding) then
+                # handles several events, and one sync datagram carries them.  A quiet
+                # table is read at once; a full batch (a backlog) is read again at once.
+                now = trio.current_time()
+                if now < next_read:
+                    await trio.sleep_until(next_read)
             # a bounded batch, then a checkpoint: control requests stay responsive in a storm
-            batch = await stream.next_batch(self.config.general.event_batch_limit)
+            batch = await stream.next_batch(general.event_batch_limit)
+            self.stats.reads += 1
+            next_read = (
+                trio.current_time() + general.event_coalesce
+                if not isinstance(batch, Overrun) and len(batch) < general.event_batch_limit
+                else 0.0
+            )
             async with self._lock:
                 if isinstance(batch, Overrun):
                     self._overrun(stream)

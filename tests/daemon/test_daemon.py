@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from nfsyncd.kernel import Conntrack
 from nfsyncd.lab.netns import Netns
@@ -227,6 +228,27 @@ async def test_polling_mode_follows_the_table(netns: Netns, start: Start) -> Non
         await ct.delete_many(flows[:20])
         wait_until(lambda: d.status()["flows"] == 30, timeout=10, what="30 flows after deletes")
     assert d.ctl_json("stats", "runtime")["runtime"]["polls"] >= 2
+
+
+async def test_steady_events_are_read_in_coalesced_batches(netns: Netns, start: Start) -> None:
+    """``event_coalesce``: flows created one by one about every millisecond are read a
+    few dozen per wakeup, not one each (the daemon's CPU per connection is mostly per
+    wakeup), and every one of them reaches the cache."""
+    d = start(netns, "event_coalesce = 0.05\n")
+    before = d.ctl_json("stats", "runtime")["runtime"]
+    flows = _synthetic(300)
+    with netns.entered():
+        ct = Conntrack()
+    with ct:
+        for flow in flows:
+            await ct.create(flow)
+            await trio.sleep(0.001)  # the pace of new connections, not a synchronisation
+    wait_until(lambda: d.status()["flows"] == 300, timeout=10, what="300 flows in the cache")
+    after = d.ctl_json("stats", "runtime")["runtime"]
+    events = after["events_received"] - before["events_received"]
+    reads = after["event_reads"] - before["event_reads"]
+    assert events == 300
+    assert reads <= events / 5, f"{events} events in {reads} reads"
 
 
 async def test_sighup_applies_a_good_config_and_keeps_a_bad_one(netns: Netns, start: Start) -> None:

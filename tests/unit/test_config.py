@@ -130,6 +130,7 @@ def test_defaults() -> None:
         poll_interval=None,
         cache_limit=262144,
         event_batch_limit=100,
+        event_coalesce=0.002,
     )
     assert config.filter == FilterConfig()
     assert config.expectations == ExpectConfig(sync=False, helpers=())
@@ -626,6 +627,7 @@ def generals(draw: st.DrawFn) -> General:
         poll_interval=draw(st.none() | positive_seconds),
         cache_limit=draw(st.integers(1, 2**40)),
         event_batch_limit=draw(st.integers(1, 10**6)),
+        event_coalesce=draw(st.floats(0, 0.1)),
     )
 
 
@@ -818,7 +820,7 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "[general]\nfoo = 1\n",
         "nfsyncd.toml:2: general.foo: unknown key; valid keys: log_level, log_format, "
         "control_socket, netlink_buffer_size, netlink_buffer_max, overrun_resync_delay, "
-        "reliable_events, poll_interval, cache_limit, event_batch_limit",
+        "reliable_events, poll_interval, cache_limit, event_batch_limit, event_coalesce",
     ),
     (
         "unknown top-level key, nothing close",
@@ -899,7 +901,7 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         '[general]\ncache_limit = 5\nlog.level = "x"\n',
         "nfsyncd.toml:3: general.log: unknown key; valid keys: log_level, log_format, "
         "control_socket, netlink_buffer_size, netlink_buffer_max, overrun_resync_delay, "
-        "reliable_events, poll_interval, cache_limit, event_batch_limit",
+        "reliable_events, poll_interval, cache_limit, event_batch_limit, event_coalesce",
     ),
     # wrong types
     (
@@ -1343,6 +1345,11 @@ BAD_CONFIGS: list[tuple[str, str, str]] = [
         "nfsyncd.toml:3: general.event_batch_limit: must be >= 1, got 0\n"
         "nfsyncd.toml: sync.links: required when [sync] is present (add a [[sync.links]] table)",
     ),
+    (
+        "event coalescing beyond its ceiling",
+        "[general]\nevent_coalesce = 0.5\n",
+        "nfsyncd.toml:2: general.event_coalesce: must be <= 0.1, got 0.5",
+    ),
 ]
 
 
@@ -1586,12 +1593,13 @@ BASE = SYNC + '[general]\nlog_level = "info"\n'
         (BASE.replace('"info"', '"debug"'), ["general.log_level"], []),
         (
             BASE + 'log_format = "json"\ncache_limit = 5\nevent_batch_limit = 7\n'
-            "overrun_resync_delay = false\n",
+            "overrun_resync_delay = false\nevent_coalesce = 0\n",
             [
                 "general.log_format",
                 "general.overrun_resync_delay",
                 "general.cache_limit",
                 "general.event_batch_limit",
+                "general.event_coalesce",
             ],
             [],
         ),
