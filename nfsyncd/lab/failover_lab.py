@@ -601,6 +601,25 @@ vrrp_sync_group G {{
     def kernel_expectations(self, gw: str) -> str:
         return self.gw(gw).run("conntrack", "-L", "expect", check=False).stdout
 
+    def ftp_picture(self) -> str:
+        """Where an FTP session's state is, for a failure message: each gateway's FTP
+        control and passive-range flows and its expectations, and the client's neighbours
+        (which gateway's MAC it sends to)."""
+        lines: list[str] = []
+        for gw in GATEWAYS:
+            flows = [
+                ln for ln in self.kernel_flows(gw).splitlines()
+                if "dport=21 " in ln or " dport=30" in ln or " sport=30" in ln
+            ]  # fmt: skip
+            lines.append(f"--- {gw} ftp flows ({len(flows)}):")
+            lines.extend(flows[-20:])
+            lines.append(f"--- {gw} expectations:\n{self.kernel_expectations(gw).strip()}")
+            lines.append(f"--- {gw} links: {self.gw(gw).run('ip', '-br', 'link').stdout.strip()}")
+            rules = self.gw(gw).run("nft", "list", "table", "inet", "lab").stdout
+            lines.append(f"--- {gw} lab ruleset with its counters:\n{rules}")
+        lines.append(f"--- client neighbours:\n{self.client.run('ip', 'neigh').stdout.strip()}")
+        return "\n".join(lines)
+
     def flows_synced(self, gw: str) -> int:
         """How many flows ``gw`` holds from its peer: the external cache (cache modes), or
         what the injector created (inject mode); 0 without a daemon."""

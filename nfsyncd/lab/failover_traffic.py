@@ -41,6 +41,7 @@ import argparse
 import contextlib
 import ftplib
 import json
+import logging
 import os
 import queue
 import signal
@@ -483,22 +484,43 @@ def run_icmp(args: argparse.Namespace) -> None:
     _datagram_client(stop, "icmp", tracker, args.interval, send, receive)
 
 
-def run_ftp_server(args: argparse.Namespace) -> None:
+def ftp_handler(root: str, *, timeout: int = 300) -> type[Any]:
+    """The pyftpdlib handler of the lab's and the tests' FTP servers: anonymous read/write
+    on ``root``, passive ports from :data:`FTP_PASSIVE_PORTS`, data connections from the
+    SNAT address allowed, and pyftpdlib's active-mode file descriptor bug worked around."""
     from pyftpdlib.authorizers import DummyAuthorizer  # type: ignore[import-untyped]
     from pyftpdlib.handlers import FTPHandler  # type: ignore[import-untyped]
-    from pyftpdlib.servers import FTPServer  # type: ignore[import-untyped]
+
+    class ActiveDTP(FTPHandler.active_dtp):  # type: ignore[misc]
+        def handle_connect(self) -> None:
+            super().handle_connect()
+            # pyftpdlib (2.2) keeps the descriptor number of an active data connection
+            # after handing its socket to the transfer; closing this object later (at the
+            # session's logout) unregisters whatever socket has reused that number since,
+            # and a passive listener or transfer of another session hangs for good.
+            self._fileno = None
 
     authorizer = DummyAuthorizer()
-    authorizer.add_anonymous(args.root, perm="elradfmwMT")
+    authorizer.add_anonymous(root, perm="elradfmwMT")
 
     class Handler(FTPHandler):  # type: ignore[misc]
         pass
 
     Handler.authorizer = authorizer
+    Handler.active_dtp = ActiveDTP
     Handler.passive_ports = list(FTP_PASSIVE_PORTS)
-    Handler.timeout = 300
+    Handler.timeout = timeout
     Handler.permit_foreign_addresses = True  # PORT names the SNAT address, not the peer's
-    server = FTPServer((args.address, args.port), Handler)
+    return Handler
+
+
+def run_ftp_server(args: argparse.Namespace) -> None:
+    from pyftpdlib.servers import FTPServer  # type: ignore[import-untyped]
+
+    # pyftpdlib logs each session, transfer and refused data connection at INFO: the
+    # lab shows that log when an FTP scenario fails
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    server = FTPServer((args.address, args.port), ftp_handler(args.root))
     signal.signal(signal.SIGTERM, lambda *_: (server.close_all(), sys.exit(0)))
     _emit("ready", address=args.address, port=args.port)
     server.serve_forever(handle_exit=False)
@@ -686,11 +708,12 @@ class _Process:
         self._drain()
         return self._latest
 
-    def stderr(self) -> str:
+    def stderr(self, limit: int = 3000) -> str:
+        """The last ``limit`` characters the process wrote to stderr."""
         if self._stderr is None:
             return ""
         self._stderr.seek(0)
-        return self._stderr.read()[-3000:]
+        return self._stderr.read()[-limit:]
 
     def stop(self, timeout: float = 10.0) -> dict[str, Any]:
         """SIGTERM, then the final result."""

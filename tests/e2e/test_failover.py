@@ -280,19 +280,21 @@ def run_ftp(lab: FailoverLab, tmp_path: Path, *, port_before: bool) -> None:
         session.go()
         result = announced.wait(timeout=60)
         lftp = session.wait(timeout=60)
+        # taken before the failback below changes it, shown if an assertion fails
+        picture = f"{lab.ftp_picture()}\n--- ftp server log:\n{server.stderr(6000)}"
     finally:
         announced.kill()
         session.kill()
         server.kill()
         lab.start_keepalived("gw1") if not lab.keepalived_running("gw1") else None
     print(json.dumps({"daemon": lab.daemon, "announced": result, "gw2_expect": expectations}))
-    assert result["error"] is None, f"{result}\ngw2 expectations:\n{expectations}"
+    assert result["error"] is None, f"{result}\ngw2 expectations:\n{expectations}\n{picture}"
     assert result["announced_transfer"] == files["big.bin"]
     for step in result["steps"]:
         ((_, detail),) = step.items()
         assert detail["retrieved"] == files, result
-    assert lftp["rc"] == 0, lftp["stderr"]
-    assert lftp["control_connections"] == 1, lftp["stderr"]
+    assert lftp["rc"] == 0, f"{lftp['stderr']}\n{picture}"
+    assert lftp["control_connections"] == 1, f"{lftp['stderr']}\n{picture}"
     tags = ["before-pasv", "after-pasv", "after-port"] + ["before-port"] * port_before
     for tag in tags:
         for name, size in files.items():

@@ -16,11 +16,9 @@ import logging
 import signal
 import sys
 
-from pyftpdlib.authorizers import DummyAuthorizer
-from pyftpdlib.handlers import FTPHandler
 from pyftpdlib.servers import FTPServer
 
-from nfsyncd.lab.failover_traffic import FTP_PASSIVE_PORTS
+from nfsyncd.lab.failover_traffic import FTP_PASSIVE_PORTS, ftp_handler
 
 PASSIVE_PORTS = FTP_PASSIVE_PORTS
 
@@ -33,17 +31,7 @@ def main() -> None:
     args = parser.parse_args()
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr)
-    authorizer = DummyAuthorizer()
-    authorizer.add_anonymous(args.root, perm="elradfmwMT")
-
-    class Handler(FTPHandler):
-        pass
-
-    Handler.authorizer = authorizer
-    Handler.passive_ports = list(PASSIVE_PORTS)
-    Handler.timeout = 60
-
-    server = FTPServer((args.address, args.port), Handler)
+    server = FTPServer((args.address, args.port), ftp_handler(args.root, timeout=60))
 
     def stop(signum: int, frame: object) -> None:
         server.close_all()
