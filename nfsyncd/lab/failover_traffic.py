@@ -492,13 +492,14 @@ def ftp_handler(root: str, *, timeout: int = 300) -> type[Any]:
     from pyftpdlib.handlers import FTPHandler  # type: ignore[import-untyped]
 
     class ActiveDTP(FTPHandler.active_dtp):  # type: ignore[misc]
-        def handle_connect(self) -> None:
-            super().handle_connect()
-            # pyftpdlib (2.2) keeps the descriptor number of an active data connection
-            # after handing its socket to the transfer; closing this object later (at the
-            # session's logout) unregisters whatever socket has reused that number since,
-            # and a passive listener or transfer of another session hangs for good.
-            self._fileno = None
+        def del_channel(self, map: object = None) -> None:
+            # pyftpdlib (2.2) hands a connected active data channel's socket to the
+            # transfer but keeps its descriptor number, and unregisters that number again
+            # when this object closes (at the session's logout); by then another socket
+            # may own the number (another session's passive listener or transfer), which
+            # then never gets an event again. Only unregister what is still ours.
+            if self.ioloop.socket_map.get(self._fileno) is self:
+                super().del_channel(map)
 
     authorizer = DummyAuthorizer()
     authorizer.add_anonymous(root, perm="elradfmwMT")
