@@ -69,11 +69,12 @@ step "checking that the venv imports Debian's nftables binding"
     || die "'import nftables' fails inside $venv (is python3-nftables installed? was the venv made with --system-site-packages by /usr/bin/python3?)"
 
 stamp="$venv/.stamp"
-if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ]; then
-    step "python packages up to date (stamp newer than pyproject.toml)"
+if [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && [ "$stamp" -nt scripts/install-deps.sh ]; then
+    step "python packages up to date (stamp newer than pyproject.toml and this script)"
 else
-    step "pip install -e '.[dev]' pyftpdlib"
-    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -e '.[dev]' pyftpdlib
+    step "pip install -e '.[dev]' pyftpdlib (editable_mode=compat: a plain path entry, no import hook to load at every start-up)"
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
+        --config-settings editable_mode=compat -e '.[dev]' pyftpdlib
     touch "$stamp"
 fi
 
