@@ -43,6 +43,7 @@ Scenario methods: :meth:`primary`, :meth:`wait_primary`, :meth:`stop_keepalived`
 from __future__ import annotations
 
 import contextlib
+import re
 import shutil
 import signal
 import subprocess
@@ -52,10 +53,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any, Final, Literal
 
 from .failover_traffic import (
     ECHO_PORT,
+    FTP_PASSIVE_PORTS,
     STREAM_PORT,
     UDP_PORT,
     IcmpEcho,
@@ -99,6 +101,8 @@ _PRIORITY = {"gw1": 150, "gw2": 100}
 #: Server-side VIP port forwarded to the client's stream port.
 DNAT_PORT = 2222
 FTP_PORT = 21
+#: the port fields of a ``conntrack -L`` line
+_PORTS: Final = re.compile(r"\b[sd]port=(\d+)")
 SYNC_PORT = 3780
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -605,11 +609,12 @@ vrrp_sync_group G {{
         """Where an FTP session's state is, for a failure message: each gateway's FTP
         control and passive-range flows and its expectations, and the client's neighbours
         (which gateway's MAC it sends to)."""
+        ftp_ports = {FTP_PORT, *FTP_PASSIVE_PORTS}
         lines: list[str] = []
         for gw in GATEWAYS:
             flows = [
                 ln for ln in self.kernel_flows(gw).splitlines()
-                if "dport=21 " in ln or " dport=30" in ln or " sport=30" in ln
+                if ftp_ports.intersection(map(int, _PORTS.findall(ln)))
             ]  # fmt: skip
             lines.append(f"--- {gw} ftp flows ({len(flows)}):")
             lines.extend(flows[-20:])
