@@ -18,6 +18,7 @@ import time
 import trio
 
 from nfsyncd.commit import commit
+from nfsyncd.daemon import tune_thread_switching
 from nfsyncd.external import ExternalCache
 from nfsyncd.kernel import Conntrack
 from nfsyncd.lab import Netns
@@ -61,6 +62,7 @@ async def measure(ns: Netns, n: int, runs: int) -> dict[str, float]:
 
 
 def main(n: int = 100_000, runs: int = 3) -> list[Result]:
+    tune_thread_switching()  # as the daemon does: its commit is what the last row measures
     with Netns.create("nfsbench") as ns:
         r = trio.run(measure, ns, n, runs)
     anchor = CONNTRACKD_COMMIT_ANCHOR

@@ -14,7 +14,10 @@ daemons and empty tables:
   "updated" counter has grown by N.
 * **delete**: every flow deleted on fw1; done when fw2's external cache is empty.
 * **commit**: the burst is created again, then fw2 commits (timed, blocking) and fw2's kernel
-  table is counted: committed entries per second.
+  table is counted: committed entries per second.  Then once more with fw1's daemon
+  stopped, as on two machines: netlink's listener bitmap is per machine, so fw1's event
+  subscription makes fw2's kernel build an event for every committed flow even when
+  fw2's own daemon has left the NEW group (nfsyncd does during a commit).
 * CPU µs per replicated flow on each side (the daemon's on-CPU time from schedstat, plus
   reaped children) for the create phase, RSS of both with N flows cached.
 
@@ -66,6 +69,18 @@ def _wait(probe: Callable[[], bool], timeout: float) -> float | None:
             return None
         time.sleep(POLL)
     return time.monotonic()
+
+
+def _settle(daemon: SyncDaemon, timeout: float = 30.0) -> None:
+    """Until ``daemon`` has used under 10 ms of CPU in 0.2 s (done with what came before)."""
+    deadline = time.monotonic() + timeout
+    last = daemon.cpu_seconds()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = daemon.cpu_seconds()
+        if now - last < 0.01:
+            return
+        last = now
 
 
 def _budget(n: int) -> float:
@@ -138,6 +153,19 @@ def measure(kind: str, n: int, lab: SyncLab, tmp: Path, options: dict[str, Any])
         m["commit_rate"] = committed / seconds if seconds > 0 else 0.0
         if committed < n:
             row.notes.append(f"commit: {committed} of {n} in fw2's kernel")
+
+        # the same commit as on two machines: with fw1's daemon gone, nobody else on this
+        # machine subscribes to conntrack events (netlink's listener bitmap is per
+        # machine, not per namespace), so the kernel builds events for fw2's commit only
+        # if fw2's daemon itself listens
+        lab.flush_kernel("fw2")
+        _settle(d2)
+        d1.close()
+        seconds = d2.commit()
+        committed = lab.kernel_count("fw2")
+        m["commit_alone_rate"] = committed / seconds if seconds > 0 else 0.0
+        if committed < n:
+            row.notes.append(f"commit alone: {committed} of {n} in fw2's kernel")
     except Exception as exc:  # a daemon that is not ready yet gives an n/a row
         row.error = round_error(exc)
     finally:
@@ -160,6 +188,7 @@ COLUMNS = (
     ("update_rate", "updates (flows/s)", "{:,.0f}"),
     ("delete_rate", "deletes (flows/s)", "{:,.0f}"),
     ("commit_rate", "commit (entries/s)", "{:,.0f}"),
+    ("commit_alone_rate", "commit, peer daemon stopped (entries/s)", "{:,.0f}"),
     ("cpu_fw1_us", "CPU fw1 (µs/flow)", "{:.1f}"),
     ("cpu_fw2_us", "CPU fw2 (µs/flow)", "{:.1f}"),
     ("rss_fw1_mib", "RSS fw1 (MiB)", "{:.1f}"),

@@ -245,6 +245,8 @@ class EventStats:
     flows: dict[EventKind, int] = field(default_factory=lambda: dict.fromkeys(EventKind, 0))
     expects: dict[EventKind, int] = field(default_factory=lambda: dict.fromkeys(EventKind, 0))
     overruns: int = 0
+    #: messages skipped undecoded because a muted socket caused them
+    muted: int = 0
 
 
 class EventStream:
@@ -254,6 +256,10 @@ class EventStream:
     drop events because we were too slow: the caller's picture of the table is then stale
     and it must resync from a dump.  Malformed messages are counted in ``decode_errors``
     and skipped; the stream goes on with the next one.
+
+    Events caused by a socket whose port id is in ``muted`` are skipped undecoded (counted
+    in ``stats.muted``): the daemon's own large writes (a commit) would otherwise cost
+    it as much again in reading back what it just wrote.
     """
 
     def __init__(
@@ -262,10 +268,12 @@ class EventStream:
         *,
         rcvbuf: int = 16 * 1024 * 1024,
         nl: NetlinkSocket | None = None,
+        muted: set[int] | None = None,
     ) -> None:
         self._nl = nl if nl is not None else NetlinkSocket(groups=groups, rcvbuf=rcvbuf)
         self.decode_errors = DecodeErrors()
         self.stats = EventStats()
+        self.muted: set[int] = muted if muted is not None else set()
 
     @property
     def rcvbuf(self) -> int:
@@ -276,6 +284,10 @@ class EventStream:
 
     def set_reliable(self, on: bool) -> None:
         self._nl.set_reliable(on)
+
+    def set_group(self, group: int, member: bool) -> None:
+        """Subscribe to or leave one event group (``ct.GROUP_*``)."""
+        self._nl.set_membership(group, member)
 
     def close(self) -> None:
         self._nl.close()
@@ -315,6 +327,7 @@ class EventStream:
             out = []
         append = out.append
         flow_stats, exp_stats = self.stats.flows, self.stats.expects
+        muted = self.muted
         off, end = 0, len(data)
         while off + 16 <= end:
             length, mtype, flags, _seq, pid = _unpack_nlmsghdr(data, off)
@@ -324,7 +337,9 @@ class EventStream:
                 )
                 break
             subsys = mtype >> 8
-            if subsys in (_CT, _EXP):
+            if subsys in (_CT, _EXP) and pid and muted and pid in muted:
+                self.stats.muted += 1
+            elif subsys in (_CT, _EXP):
                 try:
                     if length < 20:
                         raise DecodeError("nfgenmsg", f"message of {length} bytes has no nfgenmsg")

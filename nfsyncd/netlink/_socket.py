@@ -285,6 +285,11 @@ class NetlinkSocket:
         for opt in (NETLINK_BROADCAST_ERROR, NETLINK_NO_ENOBUFS):
             self._sock.setsockopt(SOL_NETLINK, opt, int(on))
 
+    def set_membership(self, group: int, member: bool) -> None:
+        """Join or leave a multicast group."""
+        opt = NETLINK_ADD_MEMBERSHIP if member else NETLINK_DROP_MEMBERSHIP
+        self._sock.setsockopt(SOL_NETLINK, opt, group)
+
     def fileno(self) -> int:
         return self._sock.fileno()
 

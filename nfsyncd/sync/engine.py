@@ -167,6 +167,9 @@ class SyncEngine:
             origins = self.cache.origins
             origins[commit_ct.port_id] = Origin.COMMIT
             origins[flush_ct.port_id] = Origin.FLUSH
+            # A commit's events are not read back: the cache learns the committed flows
+            # from one dump afterwards (commit()), off the commit's critical path.
+            self.mirror.mute(commit_ct.port_id)
             inject_ct: Conntrack | None = None
             try:
                 if self.sync.disable_external_cache:
@@ -204,6 +207,7 @@ class SyncEngine:
                     inject_ct.close()
                 origins.pop(commit_ct.port_id, None)
                 origins.pop(flush_ct.port_id, None)
+                self.mirror.unmute(commit_ct.port_id)
 
     # -- local side -> peer --------------------------------------------------------------------
     def sink(self, changes: list[Change]) -> None:
@@ -448,19 +452,29 @@ class SyncEngine:
         self._send_wake.set()
         return True
 
-    async def commit(self, what: str = "all") -> CommitResult | None:
-        """Write the external cache into the kernel (conntrackd -c); None in inject mode."""
+    async def commit(self, what: str = "all", *, refresh: bool = True) -> CommitResult | None:
+        """Write the external cache into the kernel (conntrackd -c); None in inject mode.
+
+        Returns once the kernel holds the entries.  The kernel sends no NEW events
+        meanwhile (the daemon leaves that group) and the commit's other events are not
+        read; the internal cache learns the committed flows, and anything new from
+        traffic meanwhile, from a dump that starts then (``refresh``), so a ``dump
+        internal`` right after may not list them yet; ``stats runtime`` shows
+        ``cache_refresh_pending`` until it does.  A caller that dumps anyway passes
+        ``refresh=False``.
+        """
         if self.external is None or self.commit_ct is None:
             return None
         async with self._commit_lock:
             self.cancel_purge()
-            # An overrun may lose the events of our own commit; the resync that follows must
-            # still know these came from the peer (and not send them back).
+            # The dump that refreshes the internal cache (or an overrun's resync) must know
+            # these came from the peer, and not send them back.
             if what in ("all", "ct"):
                 self.cache.mark_from_peer(self.external.flow_keys())
             if what in ("all", "expect"):
                 self.cache.mark_from_peer(exp for exp, _ in self.external.expects())
-            result = await commit(self.external, self.commit_ct, what=what)
+            with self.mirror.new_flow_events_paused(refresh=refresh):
+                result = await commit(self.external, self.commit_ct, what=what)
         self.stats.commits += 1
         log.info("commit (%s): %s", what, result.as_dict())
         return result
@@ -525,7 +539,7 @@ class SyncEngine:
         purge_in: float | None = None
         if role == "primary":
             self.cancel_purge()
-            result = await self.commit("all")
+            result = await self.commit("all", refresh=False)  # the resync below refreshes
             committed = result.as_dict() if result is not None else None
             self.flush_external("all")
             await self.mirror.resync(replicate=False)

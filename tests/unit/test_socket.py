@@ -532,6 +532,22 @@ def test_event_decode_classifies_and_skips_malformed() -> None:
     assert stream.stats.expects == {EventKind.NEW: 1, EventKind.UPDATE: 0, EventKind.DESTROY: 1}
 
 
+def test_events_of_a_muted_writer_are_skipped_unread() -> None:
+    """The daemon mutes its commit socket: that writer's events (even a malformed one,
+    which is never decoded) are counted as muted; everyone else's decode as before."""
+    mine = message(ct.CT_NEW, NEW_FLAGS, 0, malformed_flow_payload(), pid=OUR_PORT)
+    stream = EventStream(nl=NetlinkSocket(sock=ScriptedSocket([])), muted={OUR_PORT})
+    with stream:
+        events = stream.decode_datagram(event_datagram() + mine)
+    assert events == [e for e in EXPECTED_EVENTS if e.origin != OUR_PORT]
+    assert stream.stats.muted == 2
+    assert stream.decode_errors.count == 1  # only the traffic event's, not ours
+    assert stream.stats.flows[EventKind.DESTROY] == 0
+
+    stream.muted.discard(OUR_PORT)  # unmuted: the same datagram yields every event
+    assert stream.decode_datagram(event_datagram()) == EXPECTED_EVENTS
+
+
 async def test_event_stream_from_the_socket(kernel: FakeKernel) -> None:
     """The same through the socket: next_batch returns the decoded events; own writes are
     recognisable by comparing the origin with Conntrack.port_id."""
