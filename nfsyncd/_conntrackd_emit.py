@@ -359,7 +359,7 @@ class _Converter:
             text = (
                 "neither it nor NetlinkBufferSizeMaxGrowth is set: conntrackd used "
                 "the kernel's default buffer (net.core.rmem_default) and never grew it; nfsyncd "
-                "starts at 16 MiB and grows up to 128 MiB on overruns"
+                "starts at 16 MiB and grows up to 128 MiB under a backlog or on overruns"
             )
             note = self.note(None, text, subject="NetlinkBufferSize")
             return [_Entry(None, src=size_stmt or max_stmt, notes=[note])]

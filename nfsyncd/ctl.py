@@ -190,7 +190,8 @@ def _fmt_runtime(r: JsonDict) -> str:
         f"\tnetlink overrun:\t\t{r['netlink_overrun']:12}\n"
         f"\tresync with kernel table:\t{r['resync_with_kernel_table']:12}\n"
         f"\tresync failures:\t\t{r['resync_failures']:12}\n"
-        f"\tcurrent buffer size (in bytes):\t{r['buffer_size']:12}\n\n"
+        f"\tcurrent buffer size (in bytes):\t{r['buffer_size']:12}\n"
+        f"\tbuffer grown before overrun:\t{r.get('buffer_grows', 0):12}\n\n"
     )
 
 

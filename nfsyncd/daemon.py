@@ -411,6 +411,8 @@ class Daemon:
                 "last_resync_seconds": round(st.last_resync_seconds, 3),
                 "polls": st.polls,
                 "buffer_size": st.buffer_size,
+                # doublings before an overrun: a backlog had filled half the buffer
+                "buffer_grows": st.buffer_grows,
             },
             "control": {
                 "connections": self.control.stats.connections,
@@ -563,6 +565,11 @@ class Daemon:
             Metric("nfsyncd_netlink_buffer_bytes", "gauge", "Event socket buffer size.").add(
                 ms.buffer_size
             ),
+            Metric(
+                "nfsyncd_netlink_buffer_grows_total",
+                "counter",
+                "Event buffer doublings ahead of an overrun (a backlog filled half of it).",
+            ).add(ms.buffer_grows),
             Metric("nfsyncd_control_requests_total", "counter", "Control socket requests.").add(
                 sum(self.control.stats.requests.values())
             ),

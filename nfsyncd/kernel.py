@@ -282,6 +282,10 @@ class EventStream:
     def set_rcvbuf(self, size: int) -> None:
         self._nl.set_rcvbuf(size)
 
+    def receive_queue(self) -> tuple[int, int]:
+        """Bytes of events waiting and the buffer's limit (:meth:`NetlinkSocket.receive_queue`)."""
+        return self._nl.receive_queue()
+
     def set_reliable(self, on: bool) -> None:
         self._nl.set_reliable(on)
 

@@ -49,6 +49,7 @@ class MirrorStats:
     last_resync: float | None = None  # time.time() of the last completed resync
     last_resync_seconds: float = 0.0
     buffer_size: int = 0
+    buffer_grows: int = 0  # growths before an overrun (a backlog filled half the buffer)
     polls: int = 0
 
 
@@ -141,20 +142,19 @@ class KernelMirror:
             # a bounded batch, then a checkpoint: control requests stay responsive in a storm
             batch = await stream.next_batch(general.event_batch_limit)
             self.stats.reads += 1
-            next_read = (
-                trio.current_time() + general.event_coalesce
-                if not isinstance(batch, Overrun) and len(batch) < general.event_batch_limit
-                else 0.0
-            )
+            full = isinstance(batch, Overrun) or len(batch) >= general.event_batch_limit
+            next_read = 0.0 if full else trio.current_time() + general.event_coalesce
             async with self._lock:
                 if isinstance(batch, Overrun):
                     self._overrun(stream)
                     continue
+                if full:
+                    self._watch_backlog(stream)  # events arrive faster than handled
                 self.stats.events += len(batch)
                 changes = self.cache.apply_events(batch)
                 if self.expectations:
                     changes += await self._reread_rewritten_masters(batch)
-                if self._caught_up_resync and len(batch) < self.config.general.event_batch_limit:
+                if self._caught_up_resync and not full:
                     # The backlog is read (a short batch): the kernel delivers events again,
                     # so the resync need not wait out the whole overrun delay.
                     self._caught_up_resync = False
@@ -188,13 +188,39 @@ class KernelMirror:
                 changes += self.cache.apply_events([Event(EventKind.UPDATE, flow, 0)])
         return changes
 
+    def _grow_buffer(self, stream: EventStream) -> bool:
+        """Double the event buffer, up to ``netlink_buffer_max``; False when it is there."""
+        ceiling = self.config.general.netlink_buffer_max
+        current = stream.rcvbuf  # the kernel reports (and uses) twice what was set
+        if current >= ceiling:
+            return False
+        stream.set_rcvbuf(min(2 * current, ceiling) // 2)
+        self.stats.buffer_size = stream.rcvbuf
+        return True
+
+    def _watch_backlog(self, stream: EventStream) -> None:
+        """Grow the event buffer while a backlog fills it, before the kernel drops events.
+
+        Called after each full batch (events arrive faster than they are handled, as in a
+        burst or an update storm).  An overrun costs a resync, a dump of the whole table
+        (about 1 s of CPU per 100k flows) on top of the events still queued; the buffer
+        is only a limit, so a larger one costs memory only while a backlog is queued.
+        One getsockopt per full batch.
+        """
+        queued, limit = stream.receive_queue()
+        if 2 * queued > limit and self._grow_buffer(stream):
+            self.stats.buffer_grows += 1
+            log.info(
+                "netlink event backlog: %d of %d bytes queued; buffer grown to %d bytes",
+                queued,
+                limit,
+                self.stats.buffer_size,
+            )
+
     def _overrun(self, stream: EventStream) -> None:
         general = self.config.general
         self.stats.overruns += 1
-        current = stream.rcvbuf  # the kernel reports (and uses) twice what was set
-        if current < general.netlink_buffer_max:
-            stream.set_rcvbuf(min(2 * current, general.netlink_buffer_max) // 2)
-            self.stats.buffer_size = stream.rcvbuf
+        self._grow_buffer(stream)
         delay = general.overrun_resync_delay
         log.warning(
             "netlink event overrun: the kernel dropped events; buffer now %d bytes; %s",

@@ -59,6 +59,9 @@ NETLINK_GET_STRICT_CHK: Final = 12
 
 SO_RCVBUFFORCE: Final = 33
 SO_SNDBUFFORCE: Final = 32
+#: getsockopt: the socket's memory accounting (struct of u32: rmem_alloc, rcvbuf, ...)
+SO_MEMINFO: Final = 55
+_MEMINFO_HEAD = struct.Struct("=2I")
 
 NLM_F_REQUEST: Final = 0x1
 NLM_F_MULTI: Final = 0x2
@@ -274,6 +277,17 @@ class NetlinkSocket:
 
     def set_rcvbuf(self, size: int) -> None:
         self._set_buffer(self._sock, socket.SO_RCVBUF, SO_RCVBUFFORCE, size)
+
+    def receive_queue(self) -> tuple[int, int]:
+        """Bytes waiting to be read and the most the kernel will queue, both in its own
+        accounting (a datagram counts its whole buffer, ~1-2 KiB for a conntrack event).
+
+        The kernel drops what does not fit; watching the fill level lets a reader grow
+        the buffer before that, not after.
+        """
+        info = self._sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, _MEMINFO_HEAD.size)
+        queued, limit = _MEMINFO_HEAD.unpack(info)
+        return queued, limit
 
     def set_reliable(self, on: bool) -> None:
         """Ask the kernel not to lose events silently on our behalf.

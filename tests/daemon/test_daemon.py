@@ -214,6 +214,39 @@ async def test_overrun_recovery_ends_equal_to_the_kernel(netns: Netns, start: St
     assert cached == kernel
 
 
+async def test_a_backlog_grows_the_buffer_before_the_kernel_drops_events(
+    netns: Netns, start: Start
+) -> None:
+    """A backlog that fills more than half the event buffer doubles it at once, so a
+    burst that would overflow it costs no overrun (and no resync dump).
+
+    Walk-through: a 2 MiB buffer (kernel accounting; a NEW event takes 1280 bytes of it)
+    may grow to 8 MiB.  The daemon is stopped while 1200 flows are created: their events,
+    1.5 MB, fit but fill it past half.  Continued, its first full read finds the backlog
+    and doubles the buffer once (the rest of the backlog is under half of 4 MiB), nothing
+    was dropped, and every flow is cached.
+    """
+    d = start(netns, 'netlink_buffer_size = "2MiB"\nnetlink_buffer_max = "8MiB"\n')
+    runtime = d.ctl_json("stats", "runtime")["runtime"]
+    assert (runtime["buffer_size"], runtime["buffer_grows"]) == (2 * 2**20, 0)
+    with netns.entered():
+        ct = Conntrack()
+    d.signal(signal.SIGSTOP)
+    try:
+        with ct:
+            errors = await ct.create_many(_synthetic(1200))
+        assert not [e for e in errors if e is not None]
+    finally:
+        d.signal(signal.SIGCONT)
+    wait_until(lambda: d.status()["flows"] == 1200, timeout=10, what="1200 cached flows")
+    runtime = d.ctl_json("stats", "runtime")["runtime"]
+    assert runtime["netlink_overrun"] == 0
+    assert (runtime["buffer_size"], runtime["buffer_grows"]) == (4 * 2**20, 1)
+    assert "netlink event backlog" in d.log_text()
+    _, metrics = d.http_get("/metrics")
+    assert "nfsyncd_netlink_buffer_grows_total 1" in metrics
+
+
 async def test_polling_mode_follows_the_table(netns: Netns, start: Start) -> None:
     """``poll_interval``: no event socket; flows created and deleted by someone else show up
     in and leave the cache at the next poll."""

@@ -446,6 +446,29 @@ async def test_recv_batch_reports_overrun() -> None:
         assert after is not OVERRUN and len(after) == 1
 
 
+async def test_receive_queue_reports_what_waits_against_the_limit() -> None:
+    """The fill level a reader watches to grow its buffer before the kernel drops data:
+    bytes queued (the kernel's accounting, more than the payload) against the limit, and
+    nothing once drained.  Two NETLINK_USERSOCK sockets (no privileges needed; a
+    socketpair's queue is charged to its sender) stand in for the kernel and the reader."""
+    NETLINK_USERSOCK = 2
+    reader = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_USERSOCK)
+    reader.bind((0, 0))
+    address = (reader.getsockname()[0], 0)
+    with (
+        socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_USERSOCK) as sender,
+        NetlinkSocket(sock=reader) as nl,
+    ):
+        assert nl.receive_queue() == (0, nl.rcvbuf)
+        payload = message(ct.CT_NEW, 0, 0, flow_payload(flow(1)), pid=0)
+        for _ in range(3):
+            sender.sendto(payload, address)
+        queued, limit = nl.receive_queue()
+        assert queued > 3 * len(payload) and limit == nl.rcvbuf
+        assert await nl.recv_datagrams() == [payload] * 3
+        assert nl.receive_queue() == (0, limit)
+
+
 async def test_other_receive_errors_propagate() -> None:
     nl = NetlinkSocket(sock=ScriptedSocket([OSError(errno.EIO, "boom")]))
     with nl, pytest.raises(OSError) as info:
