@@ -21,6 +21,8 @@ from .model import EventKind, Expectation, Flow, Tuple
 from .netlink import ctnetlink as ct
 from .netlink._attrs import BE32, DecodeError, iter_attrs
 from .netlink._socket import (
+    NLM_F_CREATE,
+    NLM_F_EXCL,
     OVERRUN,
     Message,
     NetlinkError,
@@ -350,13 +352,14 @@ class EventStream:
                             raise DecodeError(
                                 "nfgenmsg", f"message of {length} bytes has no nfgenmsg"
                             )
-                        kind = ct.event_kind(mtype, flags)
+                        kind = _KINDS[mtype & 0xFF, flags & _CREATE_FLAGS]
                         if subsys == _CT:
-                            append(Event(kind, _decode_flow(data, off + 20, off + length), pid))
+                            obj: Flow | Expectation = _decode_flow(data, off + 20, off + length)
                             flow_stats[kind] += 1
                         else:
-                            append(Event(kind, _decode_expect(data, off + 20, off + length), pid))
+                            obj = _decode_expect(data, off + 20, off + length)
                             exp_stats[kind] += 1
+                        append(_new(Event, (kind, obj, pid)))  # (the constructor is slower)
                     except DecodeError as exc:
                         self.decode_errors.add(exc)
             off += (length + 3) & ~3
@@ -367,4 +370,13 @@ _unpack_nlmsghdr = struct.Struct("=IHHII").unpack_from
 _CT: Final = ct.NFNL_SUBSYS_CTNETLINK
 _EXP: Final = ct.NFNL_SUBSYS_CTNETLINK_EXP
 _decode_flow: Final = ct.FLOW.decoder()
+_new: Final = tuple.__new__
+_CREATE_FLAGS: Final = NLM_F_CREATE | NLM_F_EXCL
+#: (message type within the subsystem, create flags) -> what the event reports: one dict
+#: lookup per event instead of a call (ct.event_kind, for any flags, is the reference)
+_KINDS: Final = {
+    (t, f): ct.event_kind(t, f)
+    for t in range(256)
+    for f in (0, NLM_F_CREATE, NLM_F_EXCL, _CREATE_FLAGS)
+}
 _decode_expect: Final = ct.EXPECT.decoder()
