@@ -84,6 +84,17 @@ def print_table(title: str, results: list[Result]) -> None:
         print(f"  {r.name:<58} {r.value:>12,.2f} {r.unit}{note}")
 
 
+def report(name: str, title: str, results: list[Result]) -> None:
+    """A benchmark's ``__main__`` output: its table, saved as results/<name>.json."""
+    print_table(title, results)
+    print(f"  saved {save(name, results)}")
+
+
+def count_arg(default: int = 100_000) -> int:
+    """The flow count a benchmark was given as its first argument."""
+    return int(sys.argv[1]) if len(sys.argv) > 1 else default
+
+
 def round_error(exc: BaseException) -> str:
     """The error a failed round reports (an n/a row); ``NFSYNC_BENCH_DEBUG=1`` also prints
     the traceback, which the one line loses."""

@@ -12,7 +12,6 @@ runs; each figure is the best of ``runs``.
 
 from __future__ import annotations
 
-import sys
 import time
 
 import trio
@@ -25,7 +24,7 @@ from nfsyncd.lab import Netns
 from nfsyncd.netlink import ctnetlink as ct
 from nfsyncd.sync.wire import Message, MsgType
 
-from ._common import Result, print_table, save, synthetic_flows
+from ._common import Result, count_arg, report, synthetic_flows
 
 CONNTRACKD_COMMIT_ANCHOR = 114_000  # entries/s, conntrackd 1.4.7 -c on these machines
 
@@ -95,7 +94,4 @@ def main(n: int = 100_000, runs: int = 3) -> list[Result]:
 
 
 if __name__ == "__main__":
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    res = main(count)
-    print_table("batched create path", res)
-    print(f"  saved {save('batch_create', res)}")
+    report("batch_create", "batched create path", main(count_arg()))

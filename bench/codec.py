@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import socket
-import sys
 from itertools import islice
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from nfsyncd.netlink import ctnetlink as ct
 from nfsyncd.netlink import parse_messages
 from nfsyncd.netlink._socket import Request
 
-from ._common import Result, per_item_us, print_table, save, synthetic_flows
+from ._common import Result, per_item_us, report, synthetic_flows
 
 GOLDEN = Path(__file__).parent.parent / "tests" / "data" / "ctnetlink"
 
@@ -123,7 +122,4 @@ def main() -> list[Result]:
 
 
 if __name__ == "__main__":
-    res = main()
-    print_table("codec (same messages, same run)", res)
-    print(f"  saved {save('codec', res)}")
-    sys.exit(0)
+    report("codec", "codec (same messages, same run)", main())

@@ -21,7 +21,7 @@ from nfsyncd.kernel import EventStream, Overrun
 from nfsyncd.lab import Netns
 from nfsyncd.netlink import ctnetlink as ct
 
-from ._common import Result, cpu_seconds, print_table, save
+from ._common import Result, count_arg, cpu_seconds, report
 
 
 async def drain(ns: Netns, n: int, rcvbuf: int) -> dict[str, float]:
@@ -88,7 +88,4 @@ def main(n: int = 100_000) -> list[Result]:
 
 
 if __name__ == "__main__":
-    count = int(sys.argv[1]) if len(sys.argv) > 1 else 100_000
-    res = main(count)
-    print_table("kernel event stream", res)
-    print(f"  saved {save('kernel_events', res)}")
+    report("kernel_events", "kernel event stream", main(count_arg()))

@@ -215,8 +215,6 @@ def main() -> list[Result]:
 
 
 if __name__ == "__main__":
-    from bench._common import print_table, save
+    from bench._common import report
 
-    res = main()
-    save("memory", res)
-    print_table("memory", res)
+    report("memory", "memory", main())

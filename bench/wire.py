@@ -52,8 +52,6 @@ def main() -> list[Result]:
 
 
 if __name__ == "__main__":
-    from bench._common import print_table, save
+    from bench._common import report
 
-    res = main()
-    save("wire", res)
-    print_table("sync wire codec", res)
+    report("wire", "sync wire codec", main())
