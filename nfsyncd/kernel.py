@@ -370,6 +370,7 @@ _unpack_nlmsghdr = struct.Struct("=IHHII").unpack_from
 _CT: Final = ct.NFNL_SUBSYS_CTNETLINK
 _EXP: Final = ct.NFNL_SUBSYS_CTNETLINK_EXP
 _decode_flow: Final = ct.FLOW.decoder()
+_decode_expect: Final = ct.EXPECT.decoder()
 _new: Final = tuple.__new__
 _CREATE_FLAGS: Final = NLM_F_CREATE | NLM_F_EXCL
 #: (message type within the subsystem, create flags) -> what the event reports: one dict
@@ -379,4 +380,3 @@ _KINDS: Final = {
     for t in range(256)
     for f in (0, NLM_F_CREATE, NLM_F_EXCL, _CREATE_FLAGS)
 }
-_decode_expect: Final = ct.EXPECT.decoder()
