@@ -10,11 +10,14 @@ prepared messages"): one ``bytes`` key (:func:`nfsyncd._record.flow_key`) and on
 ``bytes`` record per flow, the record being a small header (entry flags, the status as
 received, the arrival time, the received timeout) followed by the create payload without
 ``CTA_TIMEOUT``.  For the usual port tuples the payload's start (nfgenmsg and both tuples)
-is left out too, as it follows from the key (:class:`_TuplePair`): ~237 bytes per IPv4
-TCP flow at 100k flows instead of ~340.  A commit packs the tuples back in and appends the
-estimated timeout.  Reading a flow back (dumps,
-``-e``) decodes the payload and undoes what preparation changed, which is rare and may be
-slow.  Expectations are few and stay as objects next to their prepared payload.
+is left out too, as it follows from the key (:class:`_TuplePair`).  And the rest of the
+payload of a flow without NAT or master (status, mark, protoinfo... ~75 bytes) repeats
+across a burst, so it is kept once in a table of shared rests and the record only names
+it (two bytes): ~165 bytes per IPv4 TCP flow at 100k flows instead of ~230 (~340 with
+the tuples).  A commit packs the tuples back in and appends the estimated timeout.
+Reading a flow back (dumps, ``-e``) decodes the payload and undoes what preparation
+changed, which is rare and may be slow.  Expectations are few and stay as objects next
+to their prepared payload.
 
 With a ``timeout`` (ALARM's CacheTimeout) entries expire unless refreshed.  Every store
 re-inserts its key, so each table is ordered by arrival and expiry only ever looks at the
@@ -52,11 +55,14 @@ from .sync.wire import Message, MsgType
 
 __all__ = ["ExtStats", "ExternalCache"]
 
-# record header: flags B, status as received I, arrival d (clock), received timeout I
-_META: Final = struct.Struct("<BIdI")
+# record header: flags H, status as received I, arrival d (clock), received timeout I
+_META: Final = struct.Struct("<HIdI")
 _unpack_meta: Final = _META.unpack_from
 _pack_meta: Final = _META.pack
 _HDR: Final = _META.size
+# the header of a record whose payload rest is shared, and the rest's number after it
+_pack_shared: Final = struct.Struct("<HIdIH").pack
+_unpack_rest_id: Final = struct.Struct("<H").unpack_from
 # record flags; the ADDED_* bits of commit.liberal share the low bits
 _R_ADDED: Final = ADDED_PROTOINFO | ADDED_FLAGS_ORIG | ADDED_FLAGS_REPLY
 _R_STATUS: Final = 0x08
@@ -64,6 +70,7 @@ _R_TIMEOUT: Final = 0x10
 _R_RELATED: Final = 0x20
 _R_NO_REPLY: Final = 0x40
 _R_PAIR: Final = 0x80  # the tuples are left out: rebuilt from the key (_TuplePair)
+_R_SHARED: Final = 0x100  # the rest of the payload is ExternalCache._rests[number]
 
 _CT_NEW, _CT_UPD, _CT_DEL = int(MsgType.CT_NEW), int(MsgType.CT_UPD), int(MsgType.CT_DEL)
 _EXP_DEL: Final = int(MsgType.EXP_DEL)
@@ -71,6 +78,8 @@ _EXP_DEL: Final = int(MsgType.EXP_DEL)
 _BAD_VALUE: Final = (ValueError, TypeError, OverflowError, IndexError, struct.error)
 #: distinct create "rests" remembered (a few in practice; labels or odd marks may add more)
 _REST_MEMO_SIZE: Final = 4096
+#: distinct rests records may share (the record names one in 16 bits); later ones are inline
+_SHARED_RESTS: Final = 65535
 
 ExpKey = tuple[Tuple, int]
 
@@ -127,8 +136,12 @@ class ExternalCache:
         self._zones: dict[bytes, int] = {}
         self._flow_stats = ExtStats()
         self._exp_stats = ExtStats()
-        #: (proto, status, flow[4:13]) -> prepare_flow_rest's result (see _prepare_rest)
-        self._rest_memo: dict[tuple[object, ...], tuple[bytes, int]] = {}
+        #: (proto, status, flow[4:13]) -> (shared rest number or -1, the rest, added flags)
+        #: (see _prepare_rest)
+        self._rest_memo: dict[tuple[object, ...], tuple[int, bytes, int]] = {}
+        #: the payload rests that records share, by number, and the number of each
+        self._rests: list[bytes] = []
+        self._rest_ids: dict[bytes, int] = {}
 
     # -- incoming messages -----------------------------------------------------------
     def apply(self, msgs: Iterable[Message]) -> None:
@@ -164,8 +177,9 @@ class ExternalCache:
             return
         pair = _PAIRS.get(key[0])
         try:
-            payload, flags = self._prepare_rest(flow)
+            shared, payload, flags = self._prepare_rest(flow)
             if pair is None:
+                shared = -1
                 payload = prepare_tuples(flow.orig) + payload
         except _BAD_VALUE:
             st.bad += 1
@@ -182,7 +196,10 @@ class ExternalCache:
         if pair is not None:
             flags |= _R_PAIR
         try:
-            rec = _pack_meta(flags, status or 0, now, timeout or 0) + payload
+            if shared >= 0:
+                rec = _pack_shared(flags | _R_SHARED, status or 0, now, timeout or 0, shared)
+            else:
+                rec = _pack_meta(flags, status or 0, now, timeout or 0) + payload
         except _BAD_VALUE:
             st.bad += 1
             return
@@ -213,14 +230,16 @@ class ExternalCache:
         st.created += 1
         return True
 
-    def _prepare_rest(self, flow: Flow) -> tuple[bytes, int]:
-        """:func:`~nfsyncd.commit.prepare_flow_rest`, memoised for flows without NAT.
+    def _prepare_rest(self, flow: Flow) -> tuple[int, bytes, int]:
+        """:func:`~nfsyncd.commit.prepare_flow_rest` and the number of the shared rest
+        equal to it (-1: not shared), memoised for flows without NAT.
 
         Without NAT the rest of a create depends only on the protocol, status, mark, zone,
         labels, helper, protoinfo, master, sequence adjustments and synproxy, and a burst of
         flows repeats a few combinations of those (established TCP, replied UDP...): one
-        dict lookup instead of an encode (~3 µs) per received flow.  Flows with NAT, or a
-        master (unique per flow), are prepared each time."""
+        dict lookup instead of an encode (~3 µs) per received flow, and records that share
+        the bytes.  Flows with NAT, or a master (unique per flow), are prepared each time
+        and keep their rest inline."""
         orig, reply = flow[0], flow[1]
         if flow[9] is not None or (
             reply is not None
@@ -231,16 +250,29 @@ class ExternalCache:
                 or reply[4] != orig[3]
             )
         ):
-            return prepare_flow_rest(flow, tcp_window_tracking=self.tcp_window_tracking)
+            rest, added = prepare_flow_rest(flow, tcp_window_tracking=self.tcp_window_tracking)
+            return -1, rest, added
         memo = self._rest_memo
         mkey = (orig[2], flow[2], *flow[4:13])
-        rest = memo.get(mkey)
-        if rest is None:
-            rest = prepare_flow_rest(flow, tcp_window_tracking=self.tcp_window_tracking)
+        found = memo.get(mkey)
+        if found is None:
+            rest, added = prepare_flow_rest(flow, tcp_window_tracking=self.tcp_window_tracking)
+            found = (self._share(rest), rest, added)
             if len(memo) >= _REST_MEMO_SIZE:
                 memo.clear()
-            memo[mkey] = rest
-        return rest
+            memo[mkey] = found
+        return found
+
+    def _share(self, rest: bytes) -> int:
+        """The number of the shared rest equal to ``rest`` (-1 when the table is full)."""
+        number = self._rest_ids.get(rest)
+        if number is None:
+            if len(self._rests) >= _SHARED_RESTS:
+                return -1
+            number = len(self._rests)
+            self._rests.append(rest)
+            self._rest_ids[rest] = number
+        return number
 
     def _master_zone(self, master: Tuple) -> int | None:
         if not self._zones:
@@ -347,14 +379,14 @@ class ExternalCache:
     def get_flow(self, orig: Tuple, zone: int | None = None) -> Flow | None:
         key = flow_key(orig, zone)
         rec = self._flows.get(key)
-        return None if rec is None else _rebuild(key, rec)
+        return None if rec is None else _rebuild(key, rec, self._rests)
 
     def flows(self) -> Iterator[tuple[Flow, float]]:
         """Every flow as received, and the seconds since its last update.  Safe to
         interleave with changes: it walks a snapshot."""
         now = self.clock()
         for key, rec in list(self._flows.items()):
-            yield _rebuild(key, rec), max(0.0, now - _unpack_meta(rec)[2])
+            yield _rebuild(key, rec, self._rests), max(0.0, now - _unpack_meta(rec)[2])
 
     def flow_keys(self) -> list[bytes]:
         """Every flow's :func:`nfsyncd._record.flow_key` (the internal cache's key too:
@@ -379,6 +411,7 @@ class ExternalCache:
         )  # fmt: skip
         join = b"".join
         flows = self._flows
+        rests = self._rests
         if keys is None:
             items = list(flows.items())
         else:
@@ -392,7 +425,11 @@ class ExternalCache:
                 tattr = flow_timeout_attr(timeout)
             else:
                 tattr = fixed
-            tail = memoryview(rec)[_HDR:]
+            tail = (
+                rests[_unpack_rest_id(rec, _HDR)[0]]
+                if flags & _R_SHARED
+                else memoryview(rec)[_HDR:]
+            )
             if flags & _R_PAIR:
                 yield key, bool(flags & _R_RELATED), join((_PAIRS[key[0]].build(key), tail, tattr))
             else:
@@ -426,6 +463,8 @@ class ExternalCache:
             count = len(self._flows)
             self._flows = {}  # a new dict: a huge one would never shrink
             self._zones.clear()
+            self._rests, self._rest_ids = [], {}  # no record names one any more
+            self._rest_memo.clear()
             self._flow_stats.flushed += count
             n += count
         if what in ("all", "expect"):
@@ -446,18 +485,20 @@ class ExternalCache:
 
 
 # -- reading a prepared record back ---------------------------------------------------------
-def _payload(key: bytes, rec: bytes) -> bytes:
+def _payload(key: bytes, rec: bytes, rests: list[bytes]) -> bytes:
     """The prepared create of a record (without its timeout)."""
-    if rec[0] & _R_PAIR:
-        return _PAIRS[key[0]].build(key) + rec[_HDR:]
-    return rec[_HDR:]
+    flags = _unpack_meta(rec)[0]
+    rest = rests[_unpack_rest_id(rec, _HDR)[0]] if flags & _R_SHARED else rec[_HDR:]
+    if flags & _R_PAIR:
+        return _PAIRS[key[0]].build(key) + rest
+    return rest
 
 
-def _rebuild(key: bytes, rec: bytes) -> Flow:
+def _rebuild(key: bytes, rec: bytes, rests: list[bytes]) -> Flow:
     """The flow a record was prepared from (as far as it was kept: readonly fields such
     as counters never reach the cache)."""
     flags, status, _arrival, timeout = _unpack_meta(rec)
-    payload = _payload(key, rec)
+    payload = _payload(key, rec, rests)
     flow = ct.decode_flow(payload)
     reply = None if flags & _R_NO_REPLY else _nat_reply(flow.orig, payload)
     pi = flow.protoinfo
