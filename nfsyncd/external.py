@@ -7,17 +7,17 @@ it; expectations alike, EXP_UPD like EXP_NEW.  Nothing reaches the kernel until
 
 Each flow is kept as the ctnetlink create it will become (DESIGN.md: "commit replays
 prepared messages"): one ``bytes`` key (:func:`nfsyncd._record.flow_key`) and one
-``bytes`` record per flow, the record being a small header (entry flags, the status as
-received, the arrival time, the received timeout) followed by the create payload without
-``CTA_TIMEOUT``.  For the usual port tuples the payload's start (nfgenmsg and both tuples)
-is left out too, as it follows from the key (:class:`_TuplePair`).  And the rest of the
+``bytes`` record per flow, the record being a small header (entry flags, the arrival
+time, the received timeout, the status as received) followed by the create payload
+without ``CTA_TIMEOUT``.  For the usual port tuples the payload's start (nfgenmsg and both
+tuples) is left out, as it follows from the key (:class:`_TuplePair`).  The rest of the
 payload of a flow without NAT or master (status, mark, protoinfo... ~75 bytes) repeats
-across a burst, so it is kept once in a table of shared rests and the record only names
-it (two bytes): ~165 bytes per IPv4 TCP flow at 100k flows instead of ~230 (~340 with
-the tuples).  A commit packs the tuples back in and appends the estimated timeout.
-Reading a flow back (dumps, ``-e``) decodes the payload and undoes what preparation
-changed, which is rare and may be slow.  Expectations are few and stay as objects next
-to their prepared payload.
+across a burst, so it is kept once in a table of shared rests, with its status, and the
+record only names it: ~150 bytes per IPv4 TCP flow at 100k flows (key, 15-byte record,
+dict slot) instead of ~230 (~340 with the tuples).  A commit packs the tuples back in and
+appends the estimated timeout.  Reading a flow back (dumps, ``-e``) decodes the payload
+and undoes what preparation changed, which is rare and may be slow.  Expectations are few
+and stay as objects next to their prepared payload.
 
 With a ``timeout`` (ALARM's CacheTimeout) entries expire unless refreshed.  Every store
 re-inserts its key, so each table is ordered by arrival and expiry only ever looks at the
@@ -55,14 +55,19 @@ from .sync.wire import Message, MsgType
 
 __all__ = ["ExtStats", "ExternalCache"]
 
-# record header: flags H, status as received I, arrival d (clock), received timeout I
-_META: Final = struct.Struct("<HIdI")
-_unpack_meta: Final = _META.unpack_from
-_pack_meta: Final = _META.pack
-_HDR: Final = _META.size
-# the header of a record whose payload rest is shared, and the rest's number after it
-_pack_shared: Final = struct.Struct("<HIdIH").pack
-_unpack_rest_id: Final = struct.Struct("<H").unpack_from
+# Every record starts with its entry flags B, arrival d (clock) and received timeout I.  A
+# record holding its payload's rest goes on with the status as received I and the rest; a
+# record sharing it, with the rest's number H (the status goes with the shared rest).
+# Their sizes tell them apart: a shared one is 15 bytes (a 48-byte object, the next size
+# class is 64), one holding its rest at least 21 (the rest has one attribute or more).
+_unpack_head: Final = struct.Struct("<BdI").unpack_from
+_pack_holding: Final = struct.Struct("<BdII").pack
+_pack_sharing: Final = struct.Struct("<BdIH").pack
+_REST_AT: Final = 17  # where a holding record's rest starts
+_SHARING_SIZE: Final = 15
+_unpack_u16: Final = struct.Struct("<H").unpack_from
+_unpack_u32: Final = struct.Struct("<I").unpack_from
+_AFTER_HEAD: Final = 13  # the status (holding) or the rest's number (sharing)
 # record flags; the ADDED_* bits of commit.liberal share the low bits
 _R_ADDED: Final = ADDED_PROTOINFO | ADDED_FLAGS_ORIG | ADDED_FLAGS_REPLY
 _R_STATUS: Final = 0x08
@@ -70,7 +75,6 @@ _R_TIMEOUT: Final = 0x10
 _R_RELATED: Final = 0x20
 _R_NO_REPLY: Final = 0x40
 _R_PAIR: Final = 0x80  # the tuples are left out: rebuilt from the key (_TuplePair)
-_R_SHARED: Final = 0x100  # the rest of the payload is ExternalCache._rests[number]
 
 _CT_NEW, _CT_UPD, _CT_DEL = int(MsgType.CT_NEW), int(MsgType.CT_UPD), int(MsgType.CT_DEL)
 _EXP_DEL: Final = int(MsgType.EXP_DEL)
@@ -107,6 +111,33 @@ class ExtStats:
     flushed: int = 0
 
 
+class _SharedRests:
+    """The create rests that records share (see the module doc), by number, each with the
+    status as received of the flows that name it (the rest depends on the status, but two
+    statuses may give the same rest)."""
+
+    __slots__ = ("_numbers", "rests", "statuses")
+
+    def __init__(self) -> None:
+        self.rests: list[bytes] = []
+        self.statuses: list[int] = []
+        self._numbers: dict[tuple[bytes, int], int] = {}
+
+    def number(self, rest: bytes, status: int | None) -> int:
+        """The number of the shared ``rest`` for flows with ``status`` (-1: the table is
+        full, the record holds its rest)."""
+        key = (rest, status or 0)
+        number = self._numbers.get(key)
+        if number is None:
+            if len(self.rests) >= _SHARED_RESTS:
+                return -1
+            number = len(self.rests)
+            self.rests.append(rest)
+            self.statuses.append(status or 0)
+            self._numbers[key] = number
+        return number
+
+
 class ExternalCache:
     """The peer's flows and expectations, prepared for commit.
 
@@ -139,9 +170,7 @@ class ExternalCache:
         #: (proto, status, flow[4:13]) -> (shared rest number or -1, the rest, added flags)
         #: (see _prepare_rest)
         self._rest_memo: dict[tuple[object, ...], tuple[int, bytes, int]] = {}
-        #: the payload rests that records share, by number, and the number of each
-        self._rests: list[bytes] = []
-        self._rest_ids: dict[bytes, int] = {}
+        self._shared = _SharedRests()
 
     # -- incoming messages -----------------------------------------------------------
     def apply(self, msgs: Iterable[Message]) -> None:
@@ -197,9 +226,9 @@ class ExternalCache:
             flags |= _R_PAIR
         try:
             if shared >= 0:
-                rec = _pack_shared(flags | _R_SHARED, status or 0, now, timeout or 0, shared)
+                rec = _pack_sharing(flags, now, timeout or 0, shared)
             else:
-                rec = _pack_meta(flags, status or 0, now, timeout or 0) + payload
+                rec = _pack_holding(flags, now, timeout or 0, status or 0) + payload
         except _BAD_VALUE:
             st.bad += 1
             return
@@ -257,22 +286,11 @@ class ExternalCache:
         found = memo.get(mkey)
         if found is None:
             rest, added = prepare_flow_rest(flow, tcp_window_tracking=self.tcp_window_tracking)
-            found = (self._share(rest), rest, added)
+            found = (self._shared.number(rest, flow[2]), rest, added)
             if len(memo) >= _REST_MEMO_SIZE:
                 memo.clear()
             memo[mkey] = found
         return found
-
-    def _share(self, rest: bytes) -> int:
-        """The number of the shared rest equal to ``rest`` (-1 when the table is full)."""
-        number = self._rest_ids.get(rest)
-        if number is None:
-            if len(self._rests) >= _SHARED_RESTS:
-                return -1
-            number = len(self._rests)
-            self._rests.append(rest)
-            self._rest_ids[rest] = number
-        return number
 
     def _master_zone(self, master: Tuple) -> int | None:
         if not self._zones:
@@ -316,7 +334,7 @@ class ExternalCache:
         flows = self._flows
         gone: list[bytes] = []
         for key, rec in flows.items():
-            if _unpack_meta(rec)[2] > limit:
+            if _unpack_head(rec)[1] > limit:
                 break
             gone.append(key)
         for key in gone:
@@ -343,7 +361,7 @@ class ExternalCache:
             return None
         first: float | None = None
         for rec in self._flows.values():
-            first = _unpack_meta(rec)[2]
+            first = _unpack_head(rec)[1]
             break
         for entry in self._exps.values():
             if first is None or entry.arrival < first:
@@ -366,7 +384,7 @@ class ExternalCache:
             rec = self._flows.get(flow_key(item.orig, item.zone))
             if rec is None:
                 return None
-            arrival = _unpack_meta(rec)[2]
+            arrival = _unpack_head(rec)[1]
         return max(0.0, arrival + self.timeout - self.clock())
 
     # -- reading -----------------------------------------------------------------------
@@ -379,14 +397,14 @@ class ExternalCache:
     def get_flow(self, orig: Tuple, zone: int | None = None) -> Flow | None:
         key = flow_key(orig, zone)
         rec = self._flows.get(key)
-        return None if rec is None else _rebuild(key, rec, self._rests)
+        return None if rec is None else _rebuild(key, rec, self._shared)
 
     def flows(self) -> Iterator[tuple[Flow, float]]:
         """Every flow as received, and the seconds since its last update.  Safe to
         interleave with changes: it walks a snapshot."""
         now = self.clock()
         for key, rec in list(self._flows.items()):
-            yield _rebuild(key, rec, self._rests), max(0.0, now - _unpack_meta(rec)[2])
+            yield _rebuild(key, rec, self._shared), max(0.0, now - _unpack_head(rec)[1])
 
     def flow_keys(self) -> list[bytes]:
         """Every flow's :func:`nfsyncd._record.flow_key` (the internal cache's key too:
@@ -411,13 +429,13 @@ class ExternalCache:
         )  # fmt: skip
         join = b"".join
         flows = self._flows
-        rests = self._rests
+        rests = self._shared.rests
         if keys is None:
             items = list(flows.items())
         else:
             items = [(key, flows[key]) for key in keys if key in flows]
         for key, rec in items:
-            flags, _, arrival, received = _unpack_meta(rec)
+            flags, arrival, received = _unpack_head(rec)
             if fixed is None:
                 timeout = estimate_timeout(
                     received if flags & _R_TIMEOUT else None, arrival, now, None
@@ -426,9 +444,9 @@ class ExternalCache:
             else:
                 tattr = fixed
             tail = (
-                rests[_unpack_rest_id(rec, _HDR)[0]]
-                if flags & _R_SHARED
-                else memoryview(rec)[_HDR:]
+                rests[_rest_number(rec)]
+                if len(rec) == _SHARING_SIZE
+                else memoryview(rec)[_REST_AT:]
             )
             if flags & _R_PAIR:
                 yield key, bool(flags & _R_RELATED), join((_PAIRS[key[0]].build(key), tail, tattr))
@@ -463,7 +481,7 @@ class ExternalCache:
             count = len(self._flows)
             self._flows = {}  # a new dict: a huge one would never shrink
             self._zones.clear()
-            self._rests, self._rest_ids = [], {}  # no record names one any more
+            self._shared = _SharedRests()  # no record names one any more
             self._rest_memo.clear()
             self._flow_stats.flushed += count
             n += count
@@ -485,20 +503,34 @@ class ExternalCache:
 
 
 # -- reading a prepared record back ---------------------------------------------------------
-def _payload(key: bytes, rec: bytes, rests: list[bytes]) -> bytes:
+def _payload(key: bytes, rec: bytes, shared: _SharedRests) -> bytes:
     """The prepared create of a record (without its timeout)."""
-    flags = _unpack_meta(rec)[0]
-    rest = rests[_unpack_rest_id(rec, _HDR)[0]] if flags & _R_SHARED else rec[_HDR:]
-    if flags & _R_PAIR:
+    rest = shared.rests[_rest_number(rec)] if len(rec) == _SHARING_SIZE else rec[_REST_AT:]
+    if rec[0] & _R_PAIR:
         return _PAIRS[key[0]].build(key) + rest
     return rest
 
 
-def _rebuild(key: bytes, rec: bytes, rests: list[bytes]) -> Flow:
+def _rest_number(rec: bytes) -> int:
+    """The number of the shared rest a sharing record names."""
+    number: int = _unpack_u16(rec, _AFTER_HEAD)[0]
+    return number
+
+
+def _status(rec: bytes, shared: _SharedRests) -> int:
+    """The status a record's flow arrived with (0 when it came without one)."""
+    if len(rec) == _SHARING_SIZE:
+        return shared.statuses[_rest_number(rec)]
+    status: int = _unpack_u32(rec, _AFTER_HEAD)[0]
+    return status
+
+
+def _rebuild(key: bytes, rec: bytes, shared: _SharedRests) -> Flow:
     """The flow a record was prepared from (as far as it was kept: readonly fields such
     as counters never reach the cache)."""
-    flags, status, _arrival, timeout = _unpack_meta(rec)
-    payload = _payload(key, rec, rests)
+    flags, _arrival, timeout = _unpack_head(rec)
+    status = _status(rec, shared)
+    payload = _payload(key, rec, shared)
     flow = ct.decode_flow(payload)
     reply = None if flags & _R_NO_REPLY else _nat_reply(flow.orig, payload)
     pi = flow.protoinfo
