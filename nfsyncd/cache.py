@@ -321,11 +321,31 @@ class InternalCache:
             except _BAD_VALUE:
                 st.create_failed += 1
                 continue
+            old = table.get(key)
+            if (
+                old is not None
+                and kind == UPDATE
+                and origin == Origin.NOT_ME
+                and covers(obj, old)
+                and (accepts is None or accepts(obj))
+            ):
+                # an update that replaces the cached record whole (_store_update's first
+                # case): an update storm is mostly these
+                try:
+                    table[key] = pack_canonical(
+                        obj, (old[0] & FLAG_FROM_PEER) | flags, record_since(old)
+                    )
+                except _BAD_VALUE:
+                    st.update_failed += 1
+                    continue
+                st.updated += 1
+                append(_new(Change, (UPDATE, obj)))
+                continue
             if (
                 fast
                 and kind != DESTROY
                 and origin == Origin.NOT_ME
-                and key not in table
+                and old is None
                 and len(table) < self.limit
                 and (accepts is None or accepts(obj))
             ):
