@@ -353,6 +353,20 @@ def test_rests_beyond_the_shared_table_stay_inline(monkeypatch: pytest.MonkeyPat
         ext.flush("ct")
 
 
+def test_flows_sharing_a_rest_keep_their_own_status() -> None:
+    """With and without CONFIRMED, two flows prepare the same create (a create always
+    carries CONFIRMED), so their records name one shared rest; each still reads back with
+    the status it arrived with."""
+    with_confirmed = over_the_wire(MsgType.CT_NEW, tcp(1, status=SR_AS | Status.CONFIRMED))
+    without = over_the_wire(MsgType.CT_NEW, tcp(2, status=SR_AS))
+    ext = ExternalCache(clock=Clock())
+    ext.apply([with_confirmed, without])
+    payloads = [p for _, _, p in ext.flow_creates(0.0)]
+    assert [ct.decode_flow(p).status for p in payloads] == [SR_AS | Status.CONFIRMED] * 2
+    got = {f.orig.sport: f.status for f, _ in ext.flows()}
+    assert got == {1: SR_AS | Status.CONFIRMED, 2: SR_AS}
+
+
 @pytest.mark.slow
 def test_memory_per_flow_at_100k() -> None:
     """100k IPv4 TCP flows as decoded from the wire: bytes per flow by tracemalloc
