@@ -82,8 +82,10 @@ _EXP_DEL: Final = int(MsgType.EXP_DEL)
 _BAD_VALUE: Final = (ValueError, TypeError, OverflowError, IndexError, struct.error)
 #: distinct create "rests" remembered (a few in practice; labels or odd marks may add more)
 _REST_MEMO_SIZE: Final = 4096
-#: distinct rests records may share (the record names one in 16 bits); later ones are inline
-_SHARED_RESTS: Final = 65535
+#: distinct rests records may share; later ones are kept in their records.  The table only
+#: empties with a flush, so this bounds what rests no record names any more can hold on to
+#: (~1 MiB; a burst shares a handful)
+_SHARED_RESTS: Final = 4096
 
 ExpKey = tuple[Tuple, int]
 
@@ -403,8 +405,9 @@ class ExternalCache:
         """Every flow as received, and the seconds since its last update.  Safe to
         interleave with changes: it walks a snapshot."""
         now = self.clock()
+        shared = self._shared  # the table the snapshot's records name, even after a flush
         for key, rec in list(self._flows.items()):
-            yield _rebuild(key, rec, self._shared), max(0.0, now - _unpack_head(rec)[1])
+            yield _rebuild(key, rec, shared), max(0.0, now - _unpack_head(rec)[1])
 
     def flow_keys(self) -> list[bytes]:
         """Every flow's :func:`nfsyncd._record.flow_key` (the internal cache's key too:

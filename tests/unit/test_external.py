@@ -353,6 +353,20 @@ def test_rests_beyond_the_shared_table_stay_inline(monkeypatch: pytest.MonkeyPat
         ext.flush("ct")
 
 
+def test_a_listing_outlives_a_flush() -> None:
+    """``flows()`` walks a snapshot: a flush and new flows meanwhile (whose shared rests
+    get the numbers the old ones had) do not change what the rest of the listing shows."""
+    ext = ExternalCache(clock=Clock())
+    before = [over_the_wire(MsgType.CT_NEW, tcp(i, mark=1)) for i in range(1, 4)]
+    ext.apply(before)
+    listing = ext.flows()
+    first, _ = next(listing)
+    ext.flush("ct")
+    ext.apply([over_the_wire(MsgType.CT_NEW, tcp(i, mark=2)) for i in range(1, 4)])
+    rest = [f for f, _ in listing]
+    assert [first, *rest] == [m.obj for m in before]
+
+
 def test_flows_sharing_a_rest_keep_their_own_status() -> None:
     """With and without CONFIRMED, two flows prepare the same create (a create always
     carries CONFIRMED), so their records name one shared rest; each still reads back with
