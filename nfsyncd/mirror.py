@@ -86,6 +86,8 @@ class KernelMirror:
         self._resync_due: float | None = None
         self._wake = trio.Event()
         self._caught_up_resync = False
+        #: whether the kernel reports the event socket's fill level (_watch_backlog)
+        self._backlog_watch = True
         #: port ids of the daemon's writing sockets whose events are not read (see mute())
         self.muted: set[int] = set()
         self._refresh_wanted = False
@@ -207,7 +209,14 @@ class KernelMirror:
         is only a limit, so a larger one costs memory only while a backlog is queued.
         One getsockopt per full batch.
         """
-        queued, limit = stream.receive_queue()
+        if not self._backlog_watch:
+            return
+        try:
+            queued, limit = stream.receive_queue()
+        except OSError as exc:  # SO_MEMINFO is Linux 4.6+: grow on overruns only
+            self._backlog_watch = False
+            log.info("event backlog not watched (%s): the buffer grows on overruns only", exc)
+            return
         if 2 * queued > limit and self._grow_buffer(stream):
             self.stats.buffer_grows += 1
             log.info(
