@@ -44,7 +44,7 @@ from ._mode import (
     SyncMode,
 )
 from .attrs import Reason
-from .wire import SEQ_MASK, Message, SeqTracker, SeqVerdict
+from .wire import SEQ_MASK, Message, MsgType, SeqTracker, SeqVerdict
 
 if TYPE_CHECKING:
     pass
@@ -59,6 +59,9 @@ RESEND_AFTER: Final = 5.0
 _IN_SYNC = SeqVerdict.IN_SYNC
 _AFTER = SeqVerdict.AFTER
 _BEFORE = SeqVerdict.BEFORE
+_HELLOS: Final = HELLO | HELLO_BACK
+#: message types up to this one carry data (flows, expectations), the rest are control
+_LAST_DATA_TYPE: Final = int(MsgType.EXP_DEL)
 
 #: resend-queue entry: seq, message type, payload (data) or b"", the control message or None
 RsEntry = tuple[int, int, bytes, Ctl | None]
@@ -195,6 +198,26 @@ class FtfwMode(SyncMode):
             self.msgs_recv += 1
             seq = m.seq
             flags = m.flags
+            last = tracker.last
+            if (
+                not flags & _HELLOS
+                and m.type <= _LAST_DATA_TYPE
+                and last is not None
+                and seq == (last + 1) & SEQ_MASK
+            ):
+                # the next data message in order, nearly every one: what the general path
+                # below does with it, without its calls
+                self._peer_hello = False
+                out.append(m)
+                if self._range_start is None:
+                    self._range_start = seq
+                self._window -= 1
+                if self._window <= 0:
+                    ctl.append((CTL_ACK, self._range_start, seq))
+                    self._window = self.window_size
+                    self._range_start = None
+                tracker.last = seq
+                continue
             if flags & HELLO_BACK:
                 self.hello_done = True
             counted = False
@@ -246,7 +269,7 @@ class FtfwMode(SyncMode):
         return out
 
     def _digest(self, m: Message, out: list[Message]) -> None:
-        if m.type <= 5:
+        if m.type <= _LAST_DATA_TYPE:
             out.append(m)
             return
         flags = m.flags
