@@ -8,7 +8,8 @@ stages in batches of 100 events (as the daemon reads them): the event decoder, t
 internal cache, the FTFW mode's queue and output (encoding), datagram packing; and the
 datagrams that produced through the receiver's: wire decoding, the FTFW mode, the external
 cache.  The socket calls around them are measured too: one netlink ``recv`` per event and
-one UDP ``sendto`` per datagram, kernel time included (CPU time of a loop of each).
+one UDP ``sendto`` per datagram over a veth pair to a second namespace, as on the lab's
+sync link, kernel time included (CPU time of a loop of each).
 
     .venv/bin/python -m bench.pipeline [N]     (as root)
 
@@ -29,6 +30,7 @@ from nfsyncd.daemon import tune_gc
 from nfsyncd.external import ExternalCache
 from nfsyncd.kernel import FLOW_EVENT_GROUPS, Conntrack, Event, EventStream
 from nfsyncd.lab import Netns
+from nfsyncd.lab.netns import veth_pair
 from nfsyncd.netlink import NetlinkSocket
 from nfsyncd.netlink import ctnetlink as ct
 from nfsyncd.sync import Encoder, NetworkStats, decode_datagram, pack_datagrams
@@ -140,16 +142,14 @@ class Pair:
                 sender.lap("ftfw acks")
 
 
-def udp_send_seconds(wire: list[bytes], ns: Netns) -> float:
-    """CPU seconds per ``sendto`` of these datagrams over a veth pair in ``ns`` (to a socket
-    that drains them: the kernel's receive path runs in the sender's context)."""
-    ns.run("ip", "link", "add", "pa", "type", "veth", "peer", "name", "pb")
-    ns.run("ip", "addr", "add", "198.18.0.1/30", "dev", "pa")
-    ns.run("ip", "addr", "add", "198.18.0.2/30", "dev", "pb")
-    ns.run("ip", "link", "set", "pa", "up")
-    ns.run("ip", "link", "set", "pb", "up")
-    with ns.entered():
+def udp_send_seconds(wire: list[bytes], a: Netns, b: Netns) -> float:
+    """CPU seconds per ``sendto`` of these datagrams from ``a`` to ``b`` over a veth pair,
+    as on the lab's sync link, to a socket that drains them (the veth hands each datagram
+    to ``b``'s stack in the sender's context, so that is counted too)."""
+    veth_pair(a, b, "198.18.0.1/30", "198.18.0.2/30", "sync0")
+    with a.entered():
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with b.entered():
         rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     with tx, rx:
         rx.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 24)
@@ -182,7 +182,8 @@ def main(n: int = 100_000) -> list[Result]:
             pair.replay(update, update_tx, update_rx)
         finally:
             gc.unfreeze()
-        send_s = udp_send_seconds(create_wire, ns)
+        with Netns.create("nfsbench") as peer:
+            send_s = udp_send_seconds(create_wire, ns, peer)
     flows_per_datagram = len(new) / max(len(create_wire), 1)
     results = [Result("netlink recv per event (kernel included)", recv_s * 1e6, "µs")]
     for title, stages, count in (
