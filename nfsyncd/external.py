@@ -446,11 +446,7 @@ class ExternalCache:
                 tattr = flow_timeout_attr(timeout)
             else:
                 tattr = fixed
-            tail = (
-                rests[_rest_number(rec)]
-                if len(rec) == _SHARING_SIZE
-                else memoryview(rec)[_REST_AT:]
-            )
+            tail = _rest(rec, rests)
             if flags & _R_PAIR:
                 yield key, bool(flags & _R_RELATED), join((_PAIRS[key[0]].build(key), tail, tattr))
             else:
@@ -506,12 +502,19 @@ class ExternalCache:
 
 
 # -- reading a prepared record back ---------------------------------------------------------
+def _rest(rec: bytes, rests: list[bytes]) -> bytes | memoryview:
+    """The create rest of a record: the shared one it names, or its own (not copied)."""
+    if len(rec) == _SHARING_SIZE:
+        return rests[_rest_number(rec)]
+    return memoryview(rec)[_REST_AT:]
+
+
 def _payload(key: bytes, rec: bytes, shared: _SharedRests) -> bytes:
     """The prepared create of a record (without its timeout)."""
-    rest = shared.rests[_rest_number(rec)] if len(rec) == _SHARING_SIZE else rec[_REST_AT:]
+    rest = _rest(rec, shared.rests)
     if rec[0] & _R_PAIR:
         return _PAIRS[key[0]].build(key) + rest
-    return rest
+    return bytes(rest)
 
 
 def _rest_number(rec: bytes) -> int:

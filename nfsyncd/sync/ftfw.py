@@ -198,63 +198,54 @@ class FtfwMode(SyncMode):
             self.msgs_recv += 1
             seq = m.seq
             flags = m.flags
-            last = tracker.last
-            if (
-                not flags & _HELLOS
-                and m.type <= _LAST_DATA_TYPE
-                and last is not None
-                and seq == (last + 1) & SEQ_MASK
-            ):
-                # the next data message in order, nearly every one: what the general path
-                # below does with it, without its calls
-                self._peer_hello = False
-                out.append(m)
-                if self._range_start is None:
-                    self._range_start = seq
-                self._window -= 1
-                if self._window <= 0:
-                    ctl.append((CTL_ACK, self._range_start, seq))
-                    self._window = self.window_size
-                    self._range_start = None
-                tracker.last = seq
-                continue
-            if flags & HELLO_BACK:
-                self.hello_done = True
             counted = False
-            if flags & HELLO:
-                self.hello_msgs_recv += 1
-                self._hello_back = True
-                verdict = tracker.check(seq)
-                if self._peer_hello and (verdict is _IN_SYNC or verdict is _AFTER):
-                    verdict = tracker.check(seq, net)  # same session: count its gap
-                else:
-                    # a peer session starts: accept whatever its seq, and what was sent to
-                    # an earlier incarnation of the peer will never be ACKed
-                    self.hellos += 1
-                    if tracker.last is not None:
-                        self._rs.clear()
-                    start = self._range_start
-                    if start is not None and _after(start, seq):
-                        self._window = self.window_size - 1
-                        self._range_start = seq
-                        counted = True
-                    verdict = _IN_SYNC
-                self._peer_hello = True
-            else:
+            if not flags & _HELLOS:
                 self._peer_hello = False
-                verdict = tracker.check(seq, net)
+                last = tracker.last
+                # the next message in order, nearly every one, without the tracker's call
+                if last is not None and seq == (last + 1) & SEQ_MASK:
+                    verdict = _IN_SYNC
+                else:
+                    verdict = tracker.check(seq, net)
+            else:
+                if flags & HELLO_BACK:
+                    self.hello_done = True
+                if flags & HELLO:
+                    self.hello_msgs_recv += 1
+                    self._hello_back = True
+                    verdict = tracker.check(seq)
+                    if self._peer_hello and (verdict is _IN_SYNC or verdict is _AFTER):
+                        verdict = tracker.check(seq, net)  # same session: count its gap
+                    else:
+                        # a peer session starts: accept whatever its seq, and what was sent
+                        # to an earlier incarnation of the peer will never be ACKed
+                        self.hellos += 1
+                        if tracker.last is not None:
+                            self._rs.clear()
+                        start = self._range_start
+                        if start is not None and _after(start, seq):
+                            self._window = self.window_size - 1
+                            self._range_start = seq
+                            counted = True
+                        verdict = _IN_SYNC
+                    self._peer_hello = True
+                else:
+                    self._peer_hello = False
+                    verdict = tracker.check(seq, net)
             if verdict is _BEFORE:
                 continue
+            if m.type <= _LAST_DATA_TYPE:
+                out.append(m)  # (what _digest does with data, without the call)
+            else:
+                self._digest(m, out)
             if verdict is _AFTER:
                 expected = (tracker.last + 1) & SEQ_MASK  # type: ignore[operator]
                 if self._range_start is not None:
                     ctl.append((CTL_ACK, self._range_start, (expected - 1) & SEQ_MASK))
                 ctl.append((CTL_NACK, expected, (seq - 1) & SEQ_MASK))
-                self._digest(m, out)
                 self._range_start = seq
                 self._window = self.window_size - 1
             else:
-                self._digest(m, out)
                 if self._range_start is None:
                     self._range_start = seq
                 if not counted:
@@ -263,7 +254,7 @@ class FtfwMode(SyncMode):
                     ctl.append((CTL_ACK, self._range_start, seq))
                     self._window = self.window_size
                     self._range_start = None
-            tracker.update(seq)
+            tracker.last = seq  # (SeqTracker.update, inline)
         if self._hello_back and not ctl and not self._tx:
             ctl.append((CTL_ALIVE, 0, 0))  # carries HELLO_BACK promptly
         return out

@@ -12,7 +12,7 @@ The active link starts as the configured default.  It changes for two reasons:
 
 Link state comes from an ``RTMGRP_LINK`` netlink socket read by trio; the two fields we need
 (name and flags) are decoded here rather than by pyroute2, whose import alone cost the daemon
-~12 MiB of resident memory and ~65 ms of start-up for one message type.  The initial state is one
+~10 MiB of resident memory and ~65 ms of start-up for one message type.  The initial state is one
 ``RTM_GETLINK`` dump made while the sockets are opened, so it is read in the namespace the
 links live in (``/sys`` would show the namespace sysfs was mounted in instead).
 """
