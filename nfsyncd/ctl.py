@@ -16,19 +16,23 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
 
 from . import __version__
 
+# typing stays out of the start-up (~2 ms of nfsyncctl's ~20): mypy knows this name
+TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import Any, NoReturn
+
     from .nft import Table
+
+    JsonDict = dict[str, Any]
 
 __all__ = ["main"]
 
 DEFAULT_CONFIG = "/etc/nfsyncd/nfsyncd.toml"
 DEFAULT_SOCKET = "/run/nfsyncd/control.sock"
-JsonDict = dict[str, Any]
 
 EXIT_OK, EXIT_DAEMON, EXIT_USAGE = 0, 1, 2
 
@@ -539,11 +543,87 @@ def cmd_config_import(args: argparse.Namespace) -> int:
 
 
 # -- argument parsing --------------------------------------------------------------------------
-def _parser() -> argparse.ArgumentParser:
+#: every subcommand, in the order ``--help`` lists them
+COMMANDS: tuple[str, ...] = (
+    "status", "stats", "dump", "flush", "resync", "commit", "flush-kernel", "bulk",
+    "request-resync", "purge", "notify", "reload", "shutdown", "check-config", "nft", "config",
+)  # fmt: skip
+#: the global options that take a value in the next word
+_VALUE_OPTIONS = ("-C", "--config", "--socket", "--timeout")
+
+
+def _help_width() -> int:
+    """The width argparse would take from ``shutil.get_terminal_size``, without importing
+    shutil (and the compression modules it loads, ~2 ms of every nfsyncctl call)."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            columns = 80
+    return columns - 2
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_help_width())
+
+
+class _RawFormatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=_help_width())
+
+
+class _Subcommands:
+    """The subcommand parsers, built only for the command this invocation runs.
+
+    An argparse parser costs ~0.4 ms to build (gettext lookups, a help formatter per
+    argument): building all of them was a third of nfsyncctl's start-up, which keepalived
+    pays on every transition.  ``wanted=None`` builds them all (``--help``, and the error
+    that lists the commands)."""
+
+    def __init__(self, action: Any, wanted: str | None) -> None:
+        self._action = action
+        self._wanted = wanted
+
+    def add(self, name: str, **kwargs: Any) -> argparse.ArgumentParser | None:
+        assert name in COMMANDS, f"{name} missing from COMMANDS"
+        if self._wanted is not None and name != self._wanted:
+            return None
+        kwargs.setdefault("formatter_class", _Formatter)
+        parser: argparse.ArgumentParser = self._action.add_parser(name, **kwargs)
+        return parser
+
+
+def command_word(words: list[str]) -> str | None:
+    """The subcommand ``words`` run, when it can be told without parsing them; None when
+    the full parser is needed (no command, help or an unknown word before it)."""
+    i = 0
+    while i < len(words):
+        word = words[i]
+        if word in ("-h", "--help"):
+            return None
+        if word == "--":
+            return words[i + 1] if i + 1 < len(words) and words[i + 1] in COMMANDS else None
+        if word.startswith("-"):
+            # argparse accepts any unambiguous prefix of a long option
+            long = word.startswith("--") and "=" not in word
+            takes = word == "-C" or (long and any(o.startswith(word) for o in _VALUE_OPTIONS))
+            i += 2 if takes else 1
+            continue
+        return word if word in COMMANDS else None
+    return None
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """nfsyncctl's parser, with only ``command``'s subparser when one is given."""
     p = argparse.ArgumentParser(
         prog="nfsyncctl",
         description="Control a running nfsyncd through its control socket.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawFormatter,
         epilog="""\
 conntrackd-compatible flags (same meaning and exit codes as conntrackd's client):
   -i [ct|expect]     dump the internal cache      (= dump internal ct|expect)
@@ -576,88 +656,89 @@ The socket is found through -C FILE (its general.control_socket), else
     )
     p.add_argument("--version", action="version", version=f"nfsyncctl {__version__}")
     p.set_defaults(compat=False)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub = _Subcommands(p.add_subparsers(dest="command", metavar="COMMAND"), command)
 
-    s = sub.add_parser("status", help="daemon state, cache sizes and where it listens")
-    s.set_defaults(func=cmd_status)
-    s = sub.add_parser(
+    if s := sub.add("status", help="daemon state, cache sizes and where it listens"):
+        s.set_defaults(func=cmd_status)
+    if s := sub.add(
         "stats",
         help="counters; SECTION: cache, runtime, control, network, link, queue or sync "
         "(default: summary)",
-    )
-    s.add_argument(
-        "section",
-        nargs="?",
-        choices=("cache", "runtime", "control", "network", "link", "queue", "sync"),
-    )
-    s.set_defaults(func=cmd_stats)
-    s = sub.add_parser("dump", help="list a cache's entries (one conntrackd -i style line each)")
-    s.add_argument("cache", choices=("internal", "external"))
-    s.add_argument("what", nargs="?", choices=("ct", "expect"), default="ct")
-    s.set_defaults(func=cmd_dump)
-    s = sub.add_parser("flush", help="empty the caches (not the kernel table)")
-    s.add_argument("cache", nargs="?", choices=("internal", "external", "all"), default="all")
-    s.set_defaults(func=cmd_flush)
-    s = sub.add_parser("resync", help="re-dump the kernel table into the internal cache")
-    s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
-    s.set_defaults(func=cmd_resync)
-    s = sub.add_parser(
+    ):
+        s.add_argument(
+            "section",
+            nargs="?",
+            choices=("cache", "runtime", "control", "network", "link", "queue", "sync"),
+        )
+        s.set_defaults(func=cmd_stats)
+    if s := sub.add("dump", help="list a cache's entries (one conntrackd -i style line each)"):
+        s.add_argument("cache", choices=("internal", "external"))
+        s.add_argument("what", nargs="?", choices=("ct", "expect"), default="ct")
+        s.set_defaults(func=cmd_dump)
+    if s := sub.add("flush", help="empty the caches (not the kernel table)"):
+        s.add_argument("cache", nargs="?", choices=("internal", "external", "all"), default="all")
+        s.set_defaults(func=cmd_flush)
+    if s := sub.add("resync", help="re-dump the kernel table into the internal cache"):
+        s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
+        s.set_defaults(func=cmd_resync)
+    if s := sub.add(
         "commit",
         help="write the peer's state (external cache) into the kernel: masters, related "
         "flows, then expectations",
-    )
-    s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
-    s.set_defaults(func=cmd_commit)
-    s = sub.add_parser(
+    ):
+        s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
+        s.set_defaults(func=cmd_commit)
+    if s := sub.add(
         "flush-kernel",
         help="delete the kernel's flows the filter syncs (and expectations); not replicated",
-    )
-    s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
-    s.set_defaults(func=cmd_flush_kernel)
-    s = sub.add_parser("bulk", help="send every internal-cache entry to the peer")
-    s.set_defaults(func=cmd_bulk)
-    s = sub.add_parser("request-resync", help="ask the peer to send its whole table")
-    s.set_defaults(func=cmd_request_resync)
-    s = sub.add_parser(
+    ):
+        s.add_argument("what", nargs="?", choices=("ct", "expect", "all"), default="all")
+        s.set_defaults(func=cmd_flush_kernel)
+    if s := sub.add("bulk", help="send every internal-cache entry to the peer"):
+        s.set_defaults(func=cmd_bulk)
+    if s := sub.add("request-resync", help="ask the peer to send its whole table"):
+        s.set_defaults(func=cmd_request_resync)
+    if s := sub.add(
         "purge", help="flush the kernel table after sync.purge_timeout (zombies of a primary)"
-    )
-    s.set_defaults(func=cmd_purge)
-    s = sub.add_parser(
+    ):
+        s.set_defaults(func=cmd_purge)
+    if s := sub.add(
         "notify",
         help="keepalived state change: primary (commit, then bulk-send to the new backup), "
         "backup (purge later, request a resync) or fault (purge later)",
         description="Perform a keepalived transition inside the daemon and return when the "
         "new state is in the kernel. Use it as keepalived's notify_master/notify_backup/"
         "notify_fault: nfsyncctl notify primary|backup|fault.",
-    )
-    s.add_argument("role", choices=("primary", "backup", "fault"))
-    s.set_defaults(func=cmd_notify)
-    s = sub.add_parser("reload", help="re-read the configuration file (like SIGHUP)")
-    s.set_defaults(func=cmd_reload)
-    s = sub.add_parser("shutdown", help="stop the daemon cleanly (like SIGTERM)")
-    s.set_defaults(func=cmd_shutdown)
-    s = sub.add_parser("check-config", help="validate a configuration file without a daemon")
-    s.add_argument(
-        "file", nargs="?", metavar="FILE", help="default: the -C file or " + DEFAULT_CONFIG
-    )
-    s.set_defaults(func=cmd_check_config, local=True)
+    ):
+        s.add_argument("role", choices=("primary", "backup", "fault"))
+        s.set_defaults(func=cmd_notify)
+    if s := sub.add("reload", help="re-read the configuration file (like SIGHUP)"):
+        s.set_defaults(func=cmd_reload)
+    if s := sub.add("shutdown", help="stop the daemon cleanly (like SIGTERM)"):
+        s.set_defaults(func=cmd_shutdown)
+    if s := sub.add("check-config", help="validate a configuration file without a daemon"):
+        s.add_argument(
+            "file", nargs="?", metavar="FILE", help="default: the -C file or " + DEFAULT_CONFIG
+        )
+        s.set_defaults(func=cmd_check_config, local=True)
     _nft_parser(sub)
-    s = sub.add_parser("config", help="configuration tools")
-    csub = s.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    c = csub.add_parser(
-        "import",
-        help="convert a conntrackd.conf to nfsyncd TOML (stdout); notes go to stderr",
-    )
-    c.add_argument("file", metavar="CONNTRACKD_CONF")
-    c.set_defaults(func=cmd_config_import, local=True)
+    if s := sub.add("config", help="configuration tools"):
+        csub = s.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+        c = csub.add_parser(
+            "import",
+            formatter_class=_Formatter,
+            help="convert a conntrackd.conf to nfsyncd TOML (stdout); notes go to stderr",
+        )
+        c.add_argument("file", metavar="CONNTRACKD_CONF")
+        c.set_defaults(func=cmd_config_import, local=True)
     return p
 
 
-def _nft_parser(sub: Any) -> None:
-    s = sub.add_parser(
+def _nft_parser(sub: _Subcommands) -> None:
+    s = sub.add(
         "nft",
         help="show or dry-run the nftables table nfsyncd generates (no daemon needed)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=_RawFormatter,
         description="""\
 nfsyncd owns one nftables table (table inet NAME, nftables.table in the config,
 default "nfsyncd"), which it applies at start, replaces atomically on SIGHUP and
@@ -681,6 +762,8 @@ exit status: show: 0, or 2 on a config error.
              check: 0 the kernel accepts the table; 1 it refuses it (the
              message names the failing rule when it can be told); 2 config error.""",
     )
+    if s is None:
+        return
     nsub = s.add_subparsers(dest="nft_command", metavar="ACTION", required=True)
     for name, func, text in (
         (
@@ -696,7 +779,12 @@ exit status: show: 0, or 2 on a config error.
             "nothing is changed)",
         ),
     ):
-        c = nsub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        c = nsub.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            formatter_class=_Formatter,
+        )
         # also accepted after the action; SUPPRESS keeps a value given before it
         c.add_argument(
             "-C", "--config", metavar="FILE", default=argparse.SUPPRESS, help="config file"
@@ -705,11 +793,11 @@ exit status: show: 0, or 2 on a config error.
         c.set_defaults(func=func, local=True)
 
 
-def _usage_error(parser: argparse.ArgumentParser, message: str) -> NoReturn:
-    parser.error(message)  # prints usage and exits 2
+def _usage_error(message: str) -> NoReturn:
+    _parser().error(message)  # prints usage and exits 2
 
 
-def _translate_compat(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
+def _translate_compat(argv: list[str]) -> list[str]:
     """Turn conntrackd client flags into subcommands; the last command wins, as in conntrackd."""
     out: list[str] = []
     command: list[str] | None = None
@@ -717,7 +805,7 @@ def _translate_compat(argv: list[str], parser: argparse.ArgumentParser) -> list[
     while i < len(argv):
         word = argv[i]
         if word == "-x":
-            _usage_error(parser, "-x (XML output) is not supported; use --json")
+            _usage_error("-x (XML output) is not supported; use --json")
         if word not in _COMPAT_ARGS:
             out.append(word)
             i += 1
@@ -728,7 +816,7 @@ def _translate_compat(argv: list[str], parser: argparse.ArgumentParser) -> list[
             given = argv[i + 1]
             matches = [c for c in choices if c.startswith(given)]
             if not matches:
-                _usage_error(parser, f"{word} {given}: expected one of {', '.join(choices)}")
+                _usage_error(f"{word} {given}: expected one of {', '.join(choices)}")
             arg = matches[0]
             i += 1
         i += 1
@@ -753,22 +841,22 @@ def _translate_compat(argv: list[str], parser: argparse.ArgumentParser) -> list[
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
     raw = list(sys.argv[1:] if argv is None else argv)
-    words = _translate_compat(raw, parser)
+    words = _translate_compat(raw)
     compat = "--compat-mode" in words
     if compat:
         words.remove("--compat-mode")
+    parser = _parser(command_word(words))
+    if compat and "stats" in words:
         # conntrackd's -s accepts sections nfsyncctl's stats subcommand does not list
-        if words and "stats" in words:
-            idx = words.index("stats")
-            if idx + 1 < len(words):
-                section = words[idx + 1]
-                del words[idx + 1]
-                args = parser.parse_args(words)
-                args.section = section
-                args.compat = True
-                return _run(args)
+        idx = words.index("stats")
+        if idx + 1 < len(words):
+            section = words[idx + 1]
+            del words[idx + 1]
+            args = parser.parse_args(words)
+            args.section = section
+            args.compat = True
+            return _run(args)
     args = parser.parse_args(words)
     args.compat = compat
     if args.command is None:

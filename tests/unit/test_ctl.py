@@ -241,15 +241,70 @@ def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) 
     assert "conntrackd-compatible flags" in capsys.readouterr().err
 
 
-def test_ctl_imports_neither_trio_nor_pyroute2(fake: FakeDaemon) -> None:
+@pytest.mark.parametrize(
+    ("command", "avoided"),
+    [
+        ("-i", ("trio", "pyroute2")),
+        # keepalived runs nfsyncctl on every transition: typing and shutil (with the
+        # compression modules it loads) were ~4 ms of its ~25 ms start-up
+        ("status", ("trio", "pyroute2", "typing", "shutil")),
+    ],
+)
+def test_ctl_imports_neither_trio_nor_pyroute2(
+    fake: FakeDaemon, command: str, avoided: tuple[str, ...]
+) -> None:
     code = (
         "import sys\nfrom nfsyncd import ctl\n"
-        f"rc = ctl.main(['--socket', {str(fake.path)!r}, '-i'])\n"
-        "heavy = [m for m in ('trio', 'pyroute2') if m in sys.modules]\n"
+        f"rc = ctl.main(['--socket', {str(fake.path)!r}, {command!r}])\n"
+        f"heavy = [m for m in {avoided!r} if m in sys.modules]\n"
         "print(rc, heavy)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip().endswith("0 []")
+
+
+@pytest.mark.parametrize(
+    ("words", "command"),
+    [
+        (["status"], "status"),
+        (["--json", "--socket", "/run/x.sock", "commit", "ct"], "commit"),
+        (["-C", "stats", "dump", "external"], "dump"),  # a config file named like a command
+        (["--sock", "notify", "notify", "primary"], "notify"),  # argparse takes prefixes
+        (["--timeout=5", "nft", "show"], "nft"),
+        (["--", "flush"], "flush"),
+        (["--help", "status"], None),  # the full help
+        (["-h"], None),
+        (["comit"], None),  # the full parser names the valid commands
+        ([], None),
+    ],
+)
+def test_only_the_command_being_run_gets_a_parser(words: list[str], command: str | None) -> None:
+    assert ctl.command_word(words) == command
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        ["status"],
+        ["--json", "stats", "runtime"],
+        ["--socket", "/s", "--timeout", "3", "commit", "ct"],
+        ["dump", "external", "expect"],
+        ["notify", "backup"],
+        ["nft", "show", "--json", "-C", "x.toml"],
+        ["config", "import", "c.conf"],
+        ["check-config", "f.toml"],
+    ],
+)
+def test_a_single_command_parser_parses_as_the_full_one(words: list[str]) -> None:
+    command = ctl.command_word(words)
+    assert command is not None
+    assert vars(ctl._parser(command).parse_args(words)) == vars(ctl._parser().parse_args(words))
+
+
+def test_every_command_is_listed_once() -> None:
+    sub = next(a for a in ctl._parser()._actions if a.dest == "command")
+    assert sub.choices is not None
+    assert tuple(sub.choices) == ctl.COMMANDS
 
 
 def test_expect_line_layout() -> None:
