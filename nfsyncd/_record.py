@@ -66,6 +66,7 @@ __all__ = [
     "FLAG_FROM_PEER",
     "FLAG_GEN",
     "FLAG_TIMEOUT",
+    "PORT_KEYS",
     "canonical",
     "covers",
     "flow_key",
@@ -166,6 +167,15 @@ def unpack_tuple(buf: bytes, off: int) -> tuple[Tuple, int]:
     rest = iter(v[4:])
     opt = [next(rest) if hdr & bit else None for bit, _ in _T_OPTIONAL]
     return Tuple(v[1], v[2], v[3], *opt), off + st.size
+
+
+#: IPv6 or not -> the first byte and the ``pack`` of the key of a flow with ports and no
+#: zone (what :func:`flow_key` packs then): ``pack(first, src, dst, proto, sport, dport)``,
+#: for callers that have the values but no tuple
+PORT_KEYS: Final = {
+    False: (_T_PORTS, _PORTS4.pack),  # type: ignore[union-attr]
+    True: (_T_V6 | _T_PORTS, _PORTS6.pack),  # type: ignore[union-attr]
+}
 
 
 def flow_key(orig: Tuple, zone: int | None = None) -> bytes:

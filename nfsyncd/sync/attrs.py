@@ -464,6 +464,54 @@ def _walk(
 Builder = Callable[[bytes], "Flow | None"]
 
 
+class LazyLayout:
+    """A plain layout (see :func:`_flow_builder`) whose messages a receiver may keep
+    undecoded: a port protocol without NAT, zone or anything besides the original tuple,
+    status, timeout, mark, protoinfo and synproxy.
+
+    Why: most of what the peer sends a backup is such flows, and its external cache needs
+    only their tuple, timeout and "everything else" as a whole (which it has seen before,
+    for the whole burst).  ``split`` gives exactly that in one ``struct`` call, without the
+    ~0.5 µs of building the flow's objects; ``build`` builds them when wanted.  Its
+    messages cannot fail to decode: their headers are those of a message walked before,
+    and their values need no checking once the protocol byte is the layout's."""
+
+    __slots__ = ("build", "has_status", "has_timeout", "proto", "proto_at", "split", "v6")
+
+    def __init__(
+        self,
+        build: Builder,
+        split: Callable[[bytes], tuple[bytes, bytes, int, int, int | None, tuple[object, ...]]],
+        *,
+        v6: bool,
+        proto: int,
+        proto_at: int,
+        has_status: bool,
+        has_timeout: bool,
+    ) -> None:
+        self.build = build
+        #: the payload -> (src, dst, sport, dport, timeout, every other value): the other
+        #: values and the layout determine the flow but for its tuple and timeout
+        self.split = split
+        self.v6 = v6
+        self.proto = proto
+        self.proto_at = proto_at
+        self.has_status = has_status
+        self.has_timeout = has_timeout
+
+
+class LazyFlow(NamedTuple):
+    """A CT message's payload of a :class:`LazyLayout`, not decoded yet."""
+
+    payload: bytes
+    layout: LazyLayout
+
+    def flow(self) -> Flow:
+        flow = self.layout.build(self.payload)
+        assert flow is not None, "a lazy flow has its layout's protocol"
+        return flow
+
+
 class _Layouts:
     """Attribute offsets of message layouts seen before, so that most messages skip
     :func:`_walk`, and for the plainest layouts a generated decoder.
@@ -482,16 +530,16 @@ class _Layouts:
         lens: list[int],
         table: tuple[AttrSpec, ...],
         kind: str,
-        builder: Callable[[bytes, list[int]], Builder | None] | None = None,
+        builder: Callable[[bytes, list[int]], Builder | LazyLayout | None] | None = None,
     ) -> None:
         self.lens = lens
         self.table = table
         self.kind = kind
         self.builder = builder
-        self._by_size: dict[int, list[tuple[int, int, list[int], Builder | None]]] = {}
+        self._by_size: dict[int, list[tuple[int, int, list[int], Builder | LazyLayout | None]]] = {}
         self.attempts = 0
 
-    def find(self, msg: bytes) -> tuple[list[int], Builder | None] | None:
+    def find(self, msg: bytes) -> tuple[list[int], Builder | LazyLayout | None] | None:
         """The offsets (relative to ``msg``) of a known layout ``msg`` has and its
         generated decoder (if any), or None."""
         layouts = self._by_size.get(len(msg))
@@ -546,12 +594,13 @@ _PLAIN_CODES: Final = {
 }  # fmt: skip
 
 
-def _flow_builder(msg: bytes, pos: list[int]) -> Builder | None:
+def _flow_builder(msg: bytes, pos: list[int]) -> Builder | LazyLayout | None:
     """A decoder generated for the layout of ``msg`` and its protocol, doing what
     :func:`decode_flow` does for it, when that is simple: a port protocol, no master,
     labels, helper, sequence adjustment, ICMP fields or NAT address of the other family
     (anything else stays with :func:`decode_flow`).  It returns None for a message of the
-    layout whose protocol differs (the general code then decodes it)."""
+    layout whose protocol differs (the general code then decodes it).  Simpler still
+    (:class:`LazyLayout`): the decoder and a split of the values for a lazy receiver."""
     v6 = bool(pos[NTA_IPV6])
     group = NTA_IPV6 if v6 else NTA_IPV4
     snat, dnat = (NTA_SNAT_IPV6, NTA_DNAT_IPV6) if v6 else (NTA_SNAT_IPV4, NTA_DNAT_IPV4)
@@ -613,10 +662,41 @@ def _flow_builder(msg: bytes, pos: list[int]) -> Builder | None:
         "_DccpInfo": DccpInfo, "_Synproxy": Synproxy, "_TAIL": _FLOW_TAIL, "_NONE4": (None,) * 4,
         "_unpack": struct.Struct("".join(fmt)).unpack_from,
     }  # fmt: skip
+    lazy = NTA_PORT in names and not present & _NOT_LAZY
+    if lazy:
+        tail = [n for at in sorted(names, key=lambda a: pos[a]) if at not in _SPLIT_OUT
+                for n in names[at]]  # fmt: skip
+        source += "\n".join(
+            [
+                "def split(msg):",
+                f"    {', '.join(flat)}, = _unpack(msg)",
+                f"    return ({src}, {dst}, {sport}, {dport}, {val(NTA_TIMEOUT)}, "
+                f"({''.join(n + ', ' for n in tail)}))",
+            ]
+        ) + "\n"  # fmt: skip
     exec(compile(source, "<wire flow layout>", "exec"), ns)
     build: Builder = ns["build"]  # type: ignore[assignment]
     build.__source__ = source  # type: ignore[attr-defined]
-    return build
+    if not lazy:
+        return build
+    return LazyLayout(
+        build,
+        ns["split"],  # type: ignore[arg-type]
+        v6=v6,
+        proto=proto,
+        proto_at=pos[NTA_L4PROTO],
+        has_status=NTA_STATUS in names,
+        has_timeout=NTA_TIMEOUT in names,
+    )
+
+
+#: attributes that keep a plain layout's messages from being split lazily
+_NOT_LAZY: Final = frozenset(
+    (NTA_SNAT_IPV4, NTA_DNAT_IPV4, NTA_SNAT_IPV6, NTA_DNAT_IPV6, NTA_SPAT_PORT, NTA_DPAT_PORT,
+     NTA_ZONE)
+)  # fmt: skip
+#: what LazyLayout.split returns apart from the other values
+_SPLIT_OUT: Final = frozenset((NTA_IPV4, NTA_IPV6, NTA_PORT, NTA_TIMEOUT, NTA_L4PROTO))
 
 
 def decode_flow(buf: bytes, start: int, end: int) -> tuple[Flow, Extra]:
@@ -626,14 +706,26 @@ def decode_flow(buf: bytes, start: int, end: int) -> tuple[Flow, Extra]:
     Raises :class:`WireError` for anything conntrackd would drop, and for messages with no
     usable original tuple (no address group, or no protocol), which are useless to us.
     """
+    flow, extra = decode_flow_lazy(buf, start, end)
+    if type(flow) is LazyFlow:
+        return flow.flow(), extra
+    return flow, extra  # type: ignore[return-value]
+
+
+def decode_flow_lazy(buf: bytes, start: int, end: int) -> tuple[Flow | LazyFlow, Extra]:
+    """:func:`decode_flow`, or the message kept as a :class:`LazyFlow` when its layout
+    allows (the receiving side's hot path)."""
     buf = buf[start:end]  # offsets relative to the message: its layout's are reusable
     known = _CT_LAYOUTS.find(buf)
     if known is None:
         pos = _CT_LAYOUTS.walk(buf)
     else:
         pos, build = known
-        if build is not None:
-            flow = build(buf)
+        if type(build) is LazyLayout:
+            if buf[build.proto_at] == build.proto:
+                return _new(LazyFlow, (buf, build)), ()
+        elif build is not None:
+            flow = build(buf)  # type: ignore[operator]
             if flow is not None:
                 return flow, ()
     # one local per attribute number (the table order): payload offset, 0 when absent

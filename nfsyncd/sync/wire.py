@@ -29,10 +29,12 @@ from .attrs import (
     LATEST_PEER_VERSION,
     AttrEncoder,
     Extra,
+    LazyFlow,
     Reason,
     WireError,
     decode_expect,
     decode_flow,
+    decode_flow_lazy,
 )
 
 __all__ = [
@@ -119,15 +121,25 @@ class Message(NamedTuple):
     ``obj`` is the Flow (types 0-2) or Expectation (3-5) of a data message; ``from_seq`` and
     ``to_seq`` the inclusive range of an ACK or NACK (0, 0 for RESYNC and ALIVE); ``extra``
     holds attributes the model has no place for (see :mod:`.attrs`), usually ``()``.
+    ``body`` is what was received: the object, or for most flows from a datagram a
+    :class:`~.attrs.LazyFlow` that ``obj`` decodes on each access (the external cache
+    stores those without decoding them).
     """
 
     type: int
     flags: int
     seq: int
-    obj: Flow | Expectation | None = None
+    body: Flow | Expectation | LazyFlow | None = None
     from_seq: int = 0
     to_seq: int = 0
     extra: Extra = ()
+
+    @property
+    def obj(self) -> Flow | Expectation | None:
+        body = self.body
+        if type(body) is LazyFlow:
+            return body.flow()
+        return body  # type: ignore[return-value]
 
     @property
     def is_data(self) -> bool:
@@ -333,10 +345,10 @@ def _decode_into(
             # flags but HELLO bits), what _frame and _decode_body would accept as one.
             b0, flags, ln, seq = _unpack_hdr(buf, off)
             if 0x10 <= b0 <= 0x15 and NETHDR_SIZE <= ln <= end - off and not flags & ~_HELLO_BITS:
-                obj: Flow | Expectation
+                obj: Flow | Expectation | LazyFlow
                 try:
                     if b0 <= 0x12:
-                        obj, extra = decode_flow(buf, off + NETHDR_SIZE, off + ln)
+                        obj, extra = decode_flow_lazy(buf, off + NETHDR_SIZE, off + ln)
                     else:
                         obj, extra = decode_expect(buf, off + NETHDR_SIZE, off + ln)
                     append(_new(Message, (b0 & 0x0F, flags, seq, obj, 0, 0, extra)))

@@ -667,3 +667,58 @@ async def test_inject_orders_masters_related_expectations() -> None:
     assert inj.stats_dict()["expect_created"] == 1
     await inj.apply([msg(MsgType.EXP_DEL, ftp_expect(master))])
     assert not kernel.exps and inj.stats_dict()["expect_deleted"] == 1
+
+
+# -- flows that arrive undecoded ------------------------------------------------------------
+def _lazy_mix() -> list[Flow]:
+    """Flows of every kind the lazy path takes, and some it leaves to the decoded path."""
+    udp = Flow(Tuple(A, C, IPPROTO_UDP, 5353, 53), status=SR_AS, timeout=30)
+    v6 = Flow(Tuple(A6, B6, IPPROTO_TCP, 4000, 443), status=SR_AS, timeout=60, mark=9,
+              protoinfo=TcpInfo(state=3))  # fmt: skip
+    return [
+        *(tcp(i, mark=i % 3) for i in range(1, 7)),  # three rests, one layout
+        *(tcp(i, status=SR_AS | Status.CONFIRMED) for i in range(7, 9)),
+        *(udp._replace(orig=udp.orig._replace(sport=p)) for p in (5000, 5001)),
+        *(v6._replace(orig=v6.orig._replace(sport=p)) for p in (4000, 4001)),
+        tcp(20, orig=Tuple(A, B, IPPROTO_TCP, 20, 80), reply=Tuple(B, C, IPPROTO_TCP, 80, 9)),
+        tcp(21, zone=4),
+        tcp(22, zone=4),
+        tcp(23, timeout=None),
+        tcp(24, timeout=None),
+    ]
+
+
+def _sent(kind: MsgType, flows: Sequence[Flow]) -> list[Message]:
+    """``flows`` in one datagram each, decoded as a receiver decodes them."""
+    return [over_the_wire(kind, f) for f in flows]
+
+
+@pytest.mark.parametrize("shared_rests", [4096, 2])
+def test_flows_kept_undecoded_are_stored_as_decoded_ones(
+    shared_rests: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow of a plain layout reaches the external cache undecoded (a LazyFlow) and is
+    stored from its split values; the same messages decoded first give byte-identical
+    records, listings, commit payloads and counters, through creates, updates, deletes
+    and a flush, also once the table of shared rests is full (those flows are decoded)."""
+    monkeypatch.setattr(external, "_SHARED_RESTS", shared_rests)
+    lazy, eager = ExternalCache(clock=Clock()), ExternalCache(clock=Clock())
+    flows = _lazy_mix()
+    rounds = [
+        _sent(MsgType.CT_NEW, flows),
+        _sent(MsgType.CT_UPD, [f._replace(timeout=(f.timeout or 0) + 7) for f in flows]),
+        _sent(MsgType.CT_UPD, [tcp(i, mark=5) for i in range(30, 33)]),  # unknown: created
+        _sent(MsgType.CT_DEL, [*flows[::2], tcp(40)]),  # one unknown
+    ]
+    assert sum(type(m.body) is not Flow for r in rounds for m in r) > 20  # most are lazy
+    for n, msgs in enumerate(rounds * 2):
+        lazy.apply(msgs)
+        eager.apply([m._replace(body=m.obj) for m in msgs])
+        assert lazy._flows == eager._flows
+        assert list(lazy.flows()) == list(eager.flows())
+        assert list(lazy.flow_creates(0.0)) == list(eager.flow_creates(0.0))
+        assert lazy.stats_dict() == eager.stats_dict()
+        if n == len(rounds) - 1:
+            lazy.flush("ct")
+            eager.flush("ct")
+    assert lazy.flow_count() > 0

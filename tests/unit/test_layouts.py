@@ -165,6 +165,91 @@ def test_plain_wire_layouts_get_a_generated_decoder() -> None:
     assert len(entries) == 2 and all(build is not None for *_, build in entries)
 
 
+def _plain(flow: Flow, proto: int, sport: int, dport: int) -> Flow:
+    """``flow`` as the kind that may travel lazily: a port protocol, no NAT, zone, master..."""
+    orig = Tuple(flow.orig.src, flow.orig.dst, proto, sport, dport)
+    none = dict.fromkeys(("reply", "zone", "labels", "helper", "master", "seqadj_orig"))
+    return flow._replace(orig=orig, seqadj_reply=None, **none)
+
+
+plain_wire_flows = st.builds(
+    _plain,
+    wire_flows(),
+    st.sampled_from((6, 17, 132, 33)),
+    st.integers(0, 0xFFFF),
+    st.integers(0, 0xFFFF),
+)
+
+
+@SETTINGS
+@given(st.one_of(wire_flows(), plain_wire_flows), st.integers(0, 2**32))
+def test_a_lazy_flow_splits_into_its_tuple_timeout_and_a_rest(flow: Flow, seed: int) -> None:
+    """A message of a lazy layout decodes (``flow()``) to what the general code decodes,
+    ``split`` gives its tuple and timeout, and two messages of the layout with equal
+    other values decode alike but for tuple and timeout (what the external cache
+    relies on when it stores such flows undecoded)."""
+    enc = AttrEncoder()
+    try:
+        payload = enc.flow(flow)
+    except ValueError:
+        return
+    layouts = A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct", A._flow_builder)
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(A, "_CT_LAYOUTS", layouts)
+        if _outcome(A.decode_flow_lazy, payload, 0, len(payload))[0] != "ok":
+            return
+        (mask, _, pos, _), *_ = layouts._by_size[len(payload)]
+        proto = pos[A.NTA_L4PROTO]
+        keep = mask | (0xFF << (8 * (len(payload) - proto - 1)) if proto else 0)
+        others = [_scramble(payload, keep, seed + i) for i in range(2)]
+        if type(A.decode_flow_lazy(payload, 0, len(payload))[0]) is not A.LazyFlow:
+            return  # not a lazy layout
+        # a lazy layout's messages cannot fail to decode
+        got = [A.decode_flow_lazy(other, 0, len(other))[0] for other in others]
+        # the second message's tuple and timeout with the first's other values
+        split = [g.layout.split(g.payload) for g in got]  # type: ignore[union-attr]
+        first = got[0].flow()  # type: ignore[union-attr]
+        src, dst, sport, dport, timeout, _ = split[1]
+        orig = first.orig._replace(src=src, dst=dst, sport=sport, dport=dport)
+        moved = enc.flow(first._replace(orig=orig, reply=None, timeout=timeout))
+        again = A.decode_flow_lazy(moved, 0, len(moved))[0]
+        m.setattr(A, "_CT_LAYOUTS", A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct"))
+        general = [A.decode_flow(other, 0, len(other))[0] for other in (*others, moved)]
+    assert [type(g) for g in got] == [A.LazyFlow] * 2 and got[0].layout is got[1].layout
+    assert [g.flow() for g in got] == general[:2]  # type: ignore[union-attr]
+    for (src, dst, sport, dport, timeout, _), f in zip(split, general, strict=False):
+        assert (src, dst, sport, dport, timeout) == (*f.orig[:2], *f.orig[3:5], f.timeout)
+        assert f.reply is not None and f.reply[:5] == (dst, src, f.orig.proto, dport, sport)
+        assert f.master is None and f.zone is None
+    assert type(again) is A.LazyFlow and again.layout is got[0].layout  # type: ignore[union-attr]
+    assert again.layout.split(again.payload) == (*split[1][:5], split[0][5])
+    assert (
+        again.flow()
+        == general[2]
+        == general[0]._replace(  # equal but for tuple and timeout
+            orig=general[1].orig, reply=general[1].reply, timeout=general[1].timeout
+        )
+    )
+
+
+def test_nat_and_zones_are_never_lazy() -> None:
+    """Their stored form depends on more than the tuple and the other values (the reply
+    tuple, the zone index), so the external cache must get them decoded."""
+    enc = AttrEncoder()
+    a, b, c = bytes((198, 18, 0, 1)), bytes((198, 18, 0, 2)), bytes((198, 18, 0, 3))
+    plain = Flow(Tuple(a, b, 6, 1000, 80), status=0x0E, timeout=60, mark=1)
+    for flow, lazy in [
+        (plain, True),
+        (plain._replace(reply=Tuple(b, c, 6, 80, 1000)), False),  # SNAT
+        (plain._replace(reply=Tuple(b, a, 6, 8080, 1000)), False),  # port rewrite
+        (plain._replace(zone=3), False),
+        (Flow(Tuple(a, b, 1, icmp_type=8, icmp_code=0, icmp_id=7), timeout=30), False),
+    ]:
+        payload = enc.flow(flow)
+        kinds = {type(A.decode_flow_lazy(payload, 0, len(payload))[0]) for _ in range(3)}
+        assert (A.LazyFlow in kinds) is lazy, flow
+
+
 def _encoded(enc: AttrEncoder, flow: Flow) -> tuple[str, Any]:
     try:
         return "ok", enc.flow(flow)
