@@ -59,7 +59,7 @@ def _network(item: object) -> AddressItem:
 class _AddressSet:
     """Hosts and networks of both families; ``contains`` takes a packed address."""
 
-    __slots__ = ("hosts", "nets4", "nets6")
+    __slots__ = ("hosts", "hosts_only", "nets4", "nets6")
 
     def __init__(self, items: Iterable[object]) -> None:
         self.hosts: set[bytes] = set()  # /32 and /128, packed
@@ -73,6 +73,7 @@ class _AddressSet:
                 by_prefix.setdefault(key, set()).add(int(net.network_address))
         self.nets4 = self._masks(by_prefix, 4, 32)
         self.nets6 = self._masks(by_prefix, 6, 128)
+        self.hosts_only = not self.nets4 and not self.nets6
 
     @staticmethod
     def _masks(
@@ -192,23 +193,28 @@ class Filter:
 
     # -- decisions ---------------------------------------------------------------------
     def accepts_flow(self, flow: Flow) -> bool:
-        orig = flow.orig
+        # (fields by index: this runs once per kernel event, and a field name costs more)
+        orig = flow[0]
         protocols = self._protocols
-        if protocols is not None and (orig.proto in protocols) is not self._proto_accept:
+        if protocols is not None and (orig[2] in protocols) is not self._proto_accept:
             return False
         addresses = self._addresses
         if addresses is not None:
-            reply = flow.reply
-            matched = addresses.contains(orig.src) or (
-                reply is not None and addresses.contains(reply.src)
-            )
+            reply = flow[1]
+            if addresses.hosts_only:  # the usual list: set lookups, no calls
+                hosts = addresses.hosts
+                matched = orig[0] in hosts or (reply is not None and reply[0] in hosts)
+            else:
+                matched = addresses.contains(orig[0]) or (
+                    reply is not None and addresses.contains(reply[0])
+                )
             if matched is not self._addr_accept:
                 return False
         states = self._states
-        if states is not None and orig.proto == IPPROTO_TCP:
-            info = flow.protoinfo
-            if type(info) is TcpInfo and info.state is not None:
-                return (info.state in states) is self._state_accept
+        if states is not None and orig[2] == IPPROTO_TCP:
+            info = flow[8]
+            if type(info) is TcpInfo and info[0] is not None:
+                return (info[0] in states) is self._state_accept
         return True
 
     def accepts_expect(self, exp: Expectation) -> bool:

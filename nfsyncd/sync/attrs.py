@@ -1051,7 +1051,9 @@ class AttrEncoder:
                 where = NTA_MASTER_PORT
                 if msport is not None and mdport is not None:
                     ap(_A_PORTS(8, NTA_MASTER_PORT, msport, mdport))
-            if reply is not None:
+            if reply is not None and (
+                reply[0] != dst or reply[1] != src or reply[3] != dport or reply[4] != sport
+            ):  # (the plain inverse, nearly every flow, needs no NAT attribute and no call)
                 where = NTA_SNAT_IPV4
                 self._nat(ap, v6, src, dst, sport, dport, proto, reply)
             where = NTA_NAT_SEQ_ADJ

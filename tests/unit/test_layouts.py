@@ -232,9 +232,10 @@ def test_a_lazy_flow_splits_into_its_tuple_timeout_and_a_rest(flow: Flow, seed: 
     )
 
 
-def test_nat_and_zones_are_never_lazy() -> None:
+def test_nat_and_zones_are_never_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Their stored form depends on more than the tuple and the other values (the reply
     tuple, the zone index), so the external cache must get them decoded."""
+    monkeypatch.setattr(A, "_CT_LAYOUTS", A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct", A._flow_builder))
     enc = AttrEncoder()
     a, b, c = bytes((198, 18, 0, 1)), bytes((198, 18, 0, 2)), bytes((198, 18, 0, 3))
     plain = Flow(Tuple(a, b, 6, 1000, 80), status=0x0E, timeout=60, mark=1)
