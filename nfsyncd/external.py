@@ -117,6 +117,16 @@ class ExtStats:
     flushed: int = 0
 
 
+def _removed(table: dict[Any, Any], key: object, st: ExtStats) -> bool:
+    """Take a DEL's entry out of ``table``: counted as deleted, or as del_not_found when
+    it was not there (the counterpart of :meth:`ExternalCache._admit`)."""
+    if table.pop(key, None) is None:
+        st.del_not_found += 1
+        return False
+    st.deleted += 1
+    return True
+
+
 class _SharedRests:
     """The create rests that records share (see the module doc), by number, each with the
     status as received of the flows that name it (the rest depends on the status, but two
@@ -209,12 +219,8 @@ class ExternalCache:
             st.bad += 1
             return
         if mtype == _CT_DEL:
-            if table.pop(key, None) is None:
-                st.del_not_found += 1
-            else:
-                st.deleted += 1
-                if zone:
-                    self._zones.pop(flow_key(orig), None)
+            if _removed(table, key, st) and zone:
+                self._zones.pop(flow_key(orig), None)
             return
         pair = _PAIRS.get(key[0])
         try:
@@ -268,10 +274,7 @@ class ExternalCache:
         table = self._flows
         st = self._flow_stats
         if mtype == _CT_DEL:
-            if table.pop(key, None) is None:
-                st.del_not_found += 1
-            else:
-                st.deleted += 1
+            _removed(table, key, st)
             return
         memo = self._lazy_memo
         found = memo.get((layout, values))
@@ -369,10 +372,7 @@ class ExternalCache:
                 exp = exp._replace(zone=zone)
         key = (exp.tuple, exp.zone or 0)
         if mtype == _EXP_DEL:
-            if table.pop(key, None) is None:
-                st.del_not_found += 1
-            else:
-                st.deleted += 1
+            _removed(table, key, st)
             return
         try:
             payload = prepare_expect(exp)

@@ -41,6 +41,7 @@ from nfsyncd.netlink._socket import NLM_F_CREATE, NLM_F_EXCL
 from nfsyncd.sync import Message, MsgType
 from nfsyncd.sync import attrs as wire_attrs
 from tests.unit._fake_peer import Clock, established_tcp, over_the_wire
+from tests.unit.test_layouts import fresh_wire_layouts
 
 A, B, C = (socket.inet_aton(f"198.18.0.{n}") for n in (1, 2, 3))
 A6 = socket.inet_pton(socket.AF_INET6, "fd00:198:18::1")
@@ -703,11 +704,7 @@ def test_flows_kept_undecoded_are_stored_as_decoded_ones(
     records, listings, commit payloads and counters, through creates, updates, deletes
     and a flush, also once the table of shared rests is full (those flows are decoded)."""
     monkeypatch.setattr(external, "_SHARED_RESTS", shared_rests)
-    # layouts learned afresh (other tests may have used up the process's budget of them)
-    fresh = wire_attrs._Layouts(
-        wire_attrs._CT_LEN, wire_attrs.CT_ATTRS, "ct", wire_attrs._flow_builder
-    )
-    monkeypatch.setattr(wire_attrs, "_CT_LAYOUTS", fresh)
+    monkeypatch.setattr(wire_attrs, "_CT_LAYOUTS", fresh_wire_layouts())
     lazy, eager = ExternalCache(clock=Clock()), ExternalCache(clock=Clock())
     flows = _lazy_mix()
     rounds = [

@@ -43,6 +43,12 @@ def _scramble(msg: bytes, mask: int, seed: int) -> bytes:
     return bytes(b if k else rng.randrange(256) for b, k in zip(msg, keep, strict=True))
 
 
+def fresh_wire_layouts() -> A._Layouts:
+    """Wire layouts learned from nothing (a process learns at most A._MAX_LAYOUTS, and
+    earlier tests may have used them up)."""
+    return A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct", A._flow_builder)
+
+
 def _fresh_flow_decoder() -> LayoutDecoder:
     return LayoutDecoder(ct.FLOW, ct.FLOW.decoder().slow)  # type: ignore[attr-defined]
 
@@ -117,7 +123,7 @@ def test_wire_layouts_agree_with_a_fresh_walk(flow: Flow, window: bool, seed: in
         payload = enc.flow(flow)
     except ValueError:
         return
-    fresh = A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct", A._flow_builder)
+    fresh = fresh_wire_layouts()
     with pytest.MonkeyPatch.context() as m:
         m.setattr(A, "_CT_LAYOUTS", fresh)
         learned = _outcome(A.decode_flow, payload, 0, len(payload))
@@ -144,7 +150,7 @@ def test_wire_layouts_agree_with_a_fresh_walk(flow: Flow, window: bool, seed: in
 
 def test_plain_wire_layouts_get_a_generated_decoder() -> None:
     enc = AttrEncoder()
-    layouts = A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct", A._flow_builder)
+    layouts = fresh_wire_layouts()
     flows = [
         Flow(
             Tuple(bytes((198, 18, 0, i)), bytes((198, 19, 0, 1)), proto, 1000 + i, 80),
@@ -193,7 +199,7 @@ def test_a_lazy_flow_splits_into_its_tuple_timeout_and_a_rest(flow: Flow, seed: 
         payload = enc.flow(flow)
     except ValueError:
         return
-    layouts = A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct", A._flow_builder)
+    layouts = fresh_wire_layouts()
     with pytest.MonkeyPatch.context() as m:
         m.setattr(A, "_CT_LAYOUTS", layouts)
         if _outcome(A.decode_flow_lazy, payload, 0, len(payload))[0] != "ok":
@@ -235,7 +241,7 @@ def test_a_lazy_flow_splits_into_its_tuple_timeout_and_a_rest(flow: Flow, seed: 
 def test_nat_and_zones_are_never_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Their stored form depends on more than the tuple and the other values (the reply
     tuple, the zone index), so the external cache must get them decoded."""
-    monkeypatch.setattr(A, "_CT_LAYOUTS", A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct", A._flow_builder))
+    monkeypatch.setattr(A, "_CT_LAYOUTS", fresh_wire_layouts())
     enc = AttrEncoder()
     a, b, c = bytes((198, 18, 0, 1)), bytes((198, 18, 0, 2)), bytes((198, 18, 0, 3))
     plain = Flow(Tuple(a, b, 6, 1000, 80), status=0x0E, timeout=60, mark=1)
