@@ -40,6 +40,7 @@ from __future__ import annotations
 import enum
 import struct
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from ..model import (
@@ -464,6 +465,7 @@ def _walk(
 Builder = Callable[[bytes], "Flow | None"]
 
 
+@dataclass(slots=True, frozen=True, eq=False)  # (eq=False: hashed by identity, a memo key)
 class LazyLayout:
     """A plain layout (see :func:`_flow_builder`) whose messages a receiver may keep
     undecoded: a port protocol without NAT, zone or anything besides the original tuple,
@@ -476,28 +478,15 @@ class LazyLayout:
     messages cannot fail to decode: their headers are those of a message walked before,
     and their values need no checking once the protocol byte is the layout's."""
 
-    __slots__ = ("build", "has_status", "has_timeout", "proto", "proto_at", "split", "v6")
-
-    def __init__(
-        self,
-        build: Builder,
-        split: Callable[[bytes], tuple[bytes, bytes, int, int, int | None, tuple[object, ...]]],
-        *,
-        v6: bool,
-        proto: int,
-        proto_at: int,
-        has_status: bool,
-        has_timeout: bool,
-    ) -> None:
-        self.build = build
-        #: the payload -> (src, dst, sport, dport, timeout, every other value): the other
-        #: values and the layout determine the flow but for its tuple and timeout
-        self.split = split
-        self.v6 = v6
-        self.proto = proto
-        self.proto_at = proto_at
-        self.has_status = has_status
-        self.has_timeout = has_timeout
+    build: Builder
+    #: the payload -> (src, dst, sport, dport, timeout, every other value): the other
+    #: values and the layout determine the flow but for its tuple and timeout
+    split: Callable[[bytes], tuple[bytes, bytes, int, int, int | None, tuple[object, ...]]]
+    v6: bool
+    proto: int
+    proto_at: int
+    has_status: bool
+    has_timeout: bool
 
 
 class LazyFlow(NamedTuple):

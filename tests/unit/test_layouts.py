@@ -43,6 +43,13 @@ def _scramble(msg: bytes, mask: int, seed: int) -> bytes:
     return bytes(b if k else rng.randrange(256) for b, k in zip(msg, keep, strict=True))
 
 
+def _encoded(enc: AttrEncoder, flow: Flow) -> tuple[str, Any]:
+    try:
+        return "ok", enc.flow(flow)
+    except ValueError as exc:
+        return "ValueError", str(exc)
+
+
 def fresh_wire_layouts() -> A._Layouts:
     """Wire layouts learned from nothing (a process learns at most A._MAX_LAYOUTS, and
     earlier tests may have used them up)."""
@@ -118,10 +125,8 @@ def test_layout_budget_is_bounded() -> None:
 @SETTINGS
 @given(wire_flows(), st.booleans(), st.integers(0, 2**32))
 def test_wire_layouts_agree_with_a_fresh_walk(flow: Flow, window: bool, seed: int) -> None:
-    enc = AttrEncoder(tcp_window_tracking=window)
-    try:
-        payload = enc.flow(flow)
-    except ValueError:
+    encoded, payload = _encoded(AttrEncoder(tcp_window_tracking=window), flow)
+    if encoded != "ok":
         return
     fresh = fresh_wire_layouts()
     with pytest.MonkeyPatch.context() as m:
@@ -195,9 +200,8 @@ def test_a_lazy_flow_splits_into_its_tuple_timeout_and_a_rest(flow: Flow, seed: 
     other values decode alike but for tuple and timeout (what the external cache
     relies on when it stores such flows undecoded)."""
     enc = AttrEncoder()
-    try:
-        payload = enc.flow(flow)
-    except ValueError:
+    encoded, payload = _encoded(enc, flow)
+    if encoded != "ok":
         return
     layouts = fresh_wire_layouts()
     with pytest.MonkeyPatch.context() as m:
@@ -255,13 +259,6 @@ def test_nat_and_zones_are_never_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
         payload = enc.flow(flow)
         kinds = {type(A.decode_flow_lazy(payload, 0, len(payload))[0]) for _ in range(3)}
         assert (A.LazyFlow in kinds) is lazy, flow
-
-
-def _encoded(enc: AttrEncoder, flow: Flow) -> tuple[str, Any]:
-    try:
-        return "ok", enc.flow(flow)
-    except ValueError as exc:
-        return "ValueError", str(exc)
 
 
 @SETTINGS
