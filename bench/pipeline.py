@@ -35,6 +35,7 @@ from nfsyncd.netlink import NetlinkSocket
 from nfsyncd.netlink import ctnetlink as ct
 from nfsyncd.sync import Encoder, NetworkStats, decode_datagram, pack_datagrams
 from nfsyncd.sync.modes import make_mode
+from nfsyncd.sync.sendpath import SendPath
 
 from ._common import Result, count_arg, cpu_seconds, report, synthetic_flows
 
@@ -96,10 +97,12 @@ class Pair:
 
     def __init__(self) -> None:
         config = SyncConfig(mode="ftfw", links=())
-        self.tx = make_mode(config, Encoder(PEER_VERSION), clock=time.monotonic)
+        encoder = Encoder(PEER_VERSION)
+        self.tx = make_mode(config, encoder, clock=time.monotonic)
         self.rx = make_mode(config, Encoder(PEER_VERSION), clock=time.monotonic)
         self.stream = EventStream(
-            nl=NetlinkSocket(sock=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+            nl=NetlinkSocket(sock=socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)),
+            prepare=SendPath(encoder).derive,  # as the daemon's sync engine has it
         )
         self.cache = InternalCache(limit=1 << 22)
         self.external = ExternalCache(limit=1 << 22)

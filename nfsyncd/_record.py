@@ -63,10 +63,17 @@ from .model import (
 
 __all__ = [
     "BODY_OFFSET",
+    "COMMON_MASK",
     "FLAG_FROM_PEER",
     "FLAG_GEN",
     "FLAG_TIMEOUT",
+    "MARKED_MASK",
+    "NO_MARK",
     "PORT_KEYS",
+    "RECORD_PREFIX",
+    "TCP_BODY",
+    "TCP_BODY_MARKED",
+    "TCP_FULL_HDR",
     "canonical",
     "covers",
     "flow_key",
@@ -210,15 +217,15 @@ def _protoinfo_structs() -> dict[int, struct.Struct]:
 
 
 _PI_ST: Final = _protoinfo_structs()
-_TCP_FULL_HDR: Final = _PI_TCP | 0x1F << 2
-_TCP_FULL: Final = _PI_ST[_TCP_FULL_HDR]
+TCP_FULL_HDR: Final = _PI_TCP | 0x1F << 2
+_TCP_FULL: Final = _PI_ST[TCP_FULL_HDR]
 
 
 def _pack_protoinfo(pi: ProtoInfo) -> bytes:
     if type(pi) is TcpInfo:
         state, wo, wr, fo, fr = pi
         if state is not None and wo is not None and wr is not None and fo and fr:
-            return _TCP_FULL.pack(_TCP_FULL_HDR, state, wo, wr, fo[0], fo[1], fr[0], fr[1])
+            return _TCP_FULL.pack(TCP_FULL_HDR, state, wo, wr, fo[0], fo[1], fr[0], fr[1])
         kind = _PI_TCP
     elif type(pi) is SctpInfo:
         kind = _PI_SCTP
@@ -246,7 +253,7 @@ def _unpack_protoinfo(buf: bytes, off: int) -> tuple[ProtoInfo, int]:
     v = st.unpack_from(buf, off)
     end = off + st.size
     kind = hdr & 3
-    if hdr == _TCP_FULL_HDR:
+    if hdr == TCP_FULL_HDR:
         return TcpInfo(v[1], v[2], v[3], TcpFlags(v[4], v[5]), TcpFlags(v[6], v[7])), end
     vals = iter(v[1:])
     fields: list[object] = []
@@ -279,16 +286,22 @@ def _head_structs() -> dict[int, struct.Struct]:
 
 _HEAD: Final = _head_structs()
 _HEAD_STATUS: Final = _HEAD[F_STATUS]
+#: what every record starts with: entry flags, since, timeout (``BODY_OFFSET`` bytes)
+RECORD_PREFIX: Final = struct.Struct("<BII")
 #: the shape of nearly every TCP flow: plain reply, status, complete TCP protoinfo
-_COMMON_MASK: Final = F_REPLY_INV | F_STATUS | F_PROTOINFO
-_COMMON: Final = struct.Struct("<BIIHIBBBBBBBB")
+COMMON_MASK: Final = F_REPLY_INV | F_STATUS | F_PROTOINFO
 #: the same with a mark (what an update storm of ``ct mark set`` makes of every flow)
-_COMMON_MARKED: Final = struct.Struct("<BIIHIIBBBBBBBB")
-_MARKED_MASK: Final = _COMMON_MASK | F_MARK
-#: ``_COMMON`` to pack: its ``0s`` stands where the mark would, takes ``_NO_MARK`` and writes
-#: nothing, so one call packs both shapes (unpacking keeps ``_COMMON``: the extra field costs)
-_COMMON_NO_MARK: Final = struct.Struct("<BIIHI0sBBBBBBBB")
-_NO_MARK: Final = b""
+MARKED_MASK: Final = COMMON_MASK | F_MARK
+#: the body (from ``BODY_OFFSET``) of those two shapes: ``pack(mask, status, mark,
+#: TCP_FULL_HDR, state, wscale orig, wscale reply, flags orig, mask orig, flags reply,
+#: mask reply)``; the unmarked one's ``0s`` stands where the mark would, takes
+#: ``NO_MARK`` and writes nothing, so one call packs either shape
+TCP_BODY_MARKED: Final = struct.Struct("<HIIBBBBBBBB")
+TCP_BODY: Final = struct.Struct("<HI0sBBBBBBBB")
+NO_MARK: Final = b""
+_COMMON: Final = struct.Struct("<BIIHIBBBBBBBB")
+_COMMON_MARKED: Final = struct.Struct(RECORD_PREFIX.format + TCP_BODY_MARKED.format[1:])
+_COMMON_NO_MARK: Final = struct.Struct(RECORD_PREFIX.format + TCP_BODY.format[1:])
 _ZERO_SYNPROXY: Final = Synproxy(0, 0, 0)
 
 
@@ -456,10 +469,10 @@ def pack_canonical(flow: Flow, flags: int, since: int) -> bytes:
                 flags | FLAG_TIMEOUT,
                 since,
                 timeout,
-                _MARKED_MASK if mark else _COMMON_MASK,
+                MARKED_MASK if mark else COMMON_MASK,
                 status,
-                mark or _NO_MARK,
-                _TCP_FULL_HDR,
+                mark or NO_MARK,
+                TCP_FULL_HDR,
                 state,
                 wo,
                 wr,
@@ -474,7 +487,7 @@ def pack_canonical(flow: Flow, flags: int, since: int) -> bytes:
 def unpack_record(orig: Tuple, rec: bytes) -> Flow:
     """The flow a record (and the original tuple of its key) stands for."""
     mask = rec[9] | rec[10] << 8
-    if mask == _COMMON_MASK and rec[15] == _TCP_FULL_HDR and rec[0] & FLAG_TIMEOUT:
+    if mask == COMMON_MASK and rec[15] == TCP_FULL_HDR and rec[0] & FLAG_TIMEOUT:
         # built with tuple.__new__ (what NamedTuple._make does): this runs for every
         # merge and every listed flow, and the generated __new__ costs twice as much
         v = _COMMON.unpack_from(rec, 0)

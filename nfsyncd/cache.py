@@ -55,6 +55,8 @@ from ._record import (
     BODY_OFFSET,
     FLAG_FROM_PEER,
     FLAG_GEN,
+    FLAG_TIMEOUT,
+    RECORD_PREFIX,
     covers,
     flow_key,
     pack_canonical,
@@ -99,10 +101,14 @@ class Origin(enum.IntEnum):
 class Change(NamedTuple):
     """Something the peer must learn: NEW = the entry was added to the cache, UPDATE = a
     cached entry changed, DESTROY = it was removed.  ``obj`` is the flow or expectation
-    as it now is (for DESTROY: as the kernel or the cache last knew it)."""
+    as it now is (for DESTROY: as the kernel or the cache last knew it).  A flow's change
+    may carry its cache key (:func:`flow_key`, the sync queue's key too) and its sync
+    payload when the sender's fast path made them (:class:`~nfsyncd._prepared.Prepared`)."""
 
     kind: EventKind
     obj: Flow | Expectation
+    key: bytes | None = None
+    payload: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -156,6 +162,7 @@ def _expect_key(exp: Expectation) -> ExpKey:
 
 
 _new: Final = tuple.__new__
+_prefix: Final = RECORD_PREFIX.pack
 
 
 def _merge(event: Flow, cached: Flow) -> Flow:
@@ -310,17 +317,20 @@ class InternalCache:
         fast = not self._peer_flows
         accepts = self._filter.accepts_flow if self._filter.filters_flows else None
         flags = self._gen
-        for kind, obj, port in events:
+        for kind, obj, port, prep in events:
             origin = origins.get(port, Origin.NOT_ME) if port else Origin.NOT_ME
             if type(obj) is not Flow:
                 if isinstance(obj, Expectation):
                     self._expect_event(kind, obj, origin, now, changes)
                 continue
-            try:
-                key = flow_key(obj.orig, obj.zone)
-            except _BAD_VALUE:
-                st.create_failed += 1
-                continue
+            if prep is not None:
+                key = prep[0]
+            else:
+                try:
+                    key = flow_key(obj.orig, obj.zone)
+                except _BAD_VALUE:
+                    st.create_failed += 1
+                    continue
             old = table.get(key)
             if (
                 old is not None
@@ -331,15 +341,19 @@ class InternalCache:
             ):
                 # an update that replaces the cached record whole (_store_update's first
                 # case): an update storm is mostly these
+                peer = (old[0] & FLAG_FROM_PEER) | flags
+                if prep is not None:
+                    table[key] = _prefix(peer | FLAG_TIMEOUT, record_since(old), prep[1]) + prep[2]
+                    append(_new(Change, (UPDATE, obj, key, prep[3])))
+                    st.updated += 1
+                    continue
                 try:
-                    table[key] = pack_canonical(
-                        obj, (old[0] & FLAG_FROM_PEER) | flags, record_since(old)
-                    )
+                    table[key] = pack_canonical(obj, peer, record_since(old))
                 except _BAD_VALUE:
                     st.update_failed += 1
                     continue
                 st.updated += 1
-                append(_new(Change, (UPDATE, obj)))
+                append(_new(Change, (UPDATE, obj, key, None)))
                 continue
             if (
                 fast
@@ -349,15 +363,21 @@ class InternalCache:
                 and len(table) < self.limit
                 and (accepts is None or accepts(obj))
             ):
-                try:
-                    table[key] = pack_canonical(obj, flags, now)
-                except _BAD_VALUE:
-                    st.create_failed += 1
-                    continue
+                if prep is not None:
+                    table[key] = _prefix(flags | FLAG_TIMEOUT, now, prep[1]) + prep[2]
+                    payload = prep[3]
+                else:
+                    try:
+                        table[key] = pack_canonical(obj, flags, now)
+                    except _BAD_VALUE:
+                        st.create_failed += 1
+                        continue
+                    payload = None
                 st.created += 1
                 if kind == UPDATE:
                     st.update_not_found += 1
-                append(_new(Change, (NEW, obj)))  # (the NamedTuple constructor is slower)
+                # (the NamedTuple constructor is slower)
+                append(_new(Change, (NEW, obj, key, payload)))
                 continue
             self._flow_event(kind, obj, key, origin, now, changes)
             fast = fast and not self._peer_flows
@@ -385,7 +405,7 @@ class InternalCache:
             rejected = old is None and filt.filters_flows and not filt.accepts_flow(flow)
             gone = _destroyed(key, old is not None, table, self._peer_flows, st, rejected)
             if gone and origin == Origin.NOT_ME:
-                changes.append(Change(DESTROY, flow))
+                changes.append(Change(DESTROY, flow, key))
             return
         peer_flag = FLAG_FROM_PEER if origin == Origin.COMMIT else 0
         if old is None:
@@ -408,17 +428,17 @@ class InternalCache:
             if kind == UPDATE:
                 st.update_not_found += 1
             if origin == Origin.NOT_ME:
-                changes.append(Change(NEW, flow))
+                changes.append(Change(NEW, flow, key))
             return
         result, merged = self._store_update(key, old, flow, peer_flag, self._gen)
         if result == _STORED:
             st.updated += 1
             if origin == Origin.NOT_ME:
-                changes.append(Change(UPDATE, merged))
+                changes.append(Change(UPDATE, merged, key))
         elif result == _FAILED:
             st.update_failed += 1
         elif result == _REMOVED and origin == Origin.NOT_ME:
-            changes.append(Change(DESTROY, merged))
+            changes.append(Change(DESTROY, merged, key))
 
     def _store_update(
         self, key: bytes, old: bytes, flow: Flow, peer_flag: int, gen: int
@@ -581,23 +601,23 @@ class InternalCache:
                     continue
                 st.created += 1
                 if not peer:
-                    changes.append(Change(NEW, flow))
+                    changes.append(Change(NEW, flow, key))
                 continue
             result, merged = self._store_update(key, old, flow, 0, gen)
             if result == _STORED:
                 if table[key][BODY_OFFSET:] != old[BODY_OFFSET:]:
                     st.updated += 1
-                    changes.append(Change(UPDATE, merged))
+                    changes.append(Change(UPDATE, merged, key))
             elif result == _FAILED:
                 st.update_failed += 1
             elif result == _REMOVED:
-                changes.append(Change(DESTROY, merged))
+                changes.append(Change(DESTROY, merged, key))
         self._peer_flows = still_pending
         stale = [key for key, rec in table.items() if rec[0] & FLAG_GEN != gen]
         for key in stale:
             rec = table.pop(key)
             st.deleted += 1
-            changes.append(Change(DESTROY, unpack_record(unpack_key(key)[0], rec)))
+            changes.append(Change(DESTROY, unpack_record(unpack_key(key)[0], rec), key))
         return changes
 
     def reconcile_expects(self, dump: Iterable[Expectation]) -> list[Change]:

@@ -32,12 +32,15 @@ class BypassCache(InternalCache):
         filt = self.filter
         flow_filter = filt.accepts_flow if filt.filters_flows else None
         st = self._flow_stats
-        for kind, obj, port in events:
+        for kind, obj, port, prep in events:
             if port and origins.get(port, _NOT_ME) != _NOT_ME:
                 continue  # our own commits, flushes and injections are never sent back
             if type(obj) is Flow:
                 if flow_filter is not None and not flow_filter(obj):
                     st.filtered += 1
+                    continue
+                if prep is not None:
+                    changes.append(Change(kind, obj, prep.key, prep.payload))
                     continue
             elif isinstance(obj, Expectation) and not (
                 self.expectations and filt.accepts_expect(obj)

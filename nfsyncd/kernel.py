@@ -17,9 +17,11 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple, TypeVar
 
+from ._prepared import Prepared
 from .model import EventKind, Expectation, Flow, Tuple
 from .netlink import ctnetlink as ct
 from .netlink._attrs import BE32, DecodeError, iter_attrs
+from .netlink._layout import Derive, LayoutDecoder
 from .netlink._socket import (
     NLM_F_CREATE,
     NLM_F_EXCL,
@@ -52,11 +54,13 @@ _T = TypeVar("_T")
 
 
 class Event(NamedTuple):
-    """A kernel notification: what happened, to what, and whose write caused it."""
+    """A kernel notification: what happened, to what, and whose write caused it; for a
+    flow event of a stream with a ``prepare``, also what that made of it (or None)."""
 
     kind: EventKind
     obj: Flow | Expectation
     origin: int
+    prep: Prepared | None = None
 
 
 @dataclass(slots=True)
@@ -262,6 +266,11 @@ class EventStream:
     Events caused by a socket whose port id is in ``muted`` are skipped undecoded (counted
     in ``stats.muted``): the daemon's own large writes (a commit) would otherwise cost
     it as much again in reading back what it just wrote.
+
+    ``prepare`` derives a decoder from each learned flow layout
+    (:class:`~nfsyncd.netlink._layout.LayoutDecoder`) that returns what it made of an
+    event besides the flow, in :attr:`Event.prep`: the sender's fast path
+    (:mod:`nfsyncd.sync.sendpath`).
     """
 
     def __init__(
@@ -271,8 +280,12 @@ class EventStream:
         rcvbuf: int = 16 * 1024 * 1024,
         nl: NetlinkSocket | None = None,
         muted: set[int] | None = None,
+        prepare: Derive | None = None,
     ) -> None:
         self._nl = nl if nl is not None else NetlinkSocket(groups=groups, rcvbuf=rcvbuf)
+        self._prepared: LayoutDecoder | None = None
+        if prepare is not None:
+            self._prepared = LayoutDecoder(ct.FLOW, _decode_flow.slow, derive=prepare)
         self.decode_errors = DecodeErrors()
         self.stats = EventStats()
         self.muted: set[int] = muted if muted is not None else set()
@@ -311,9 +324,7 @@ class EventStream:
             if isinstance(datagrams, Overrun):
                 self.stats.overruns += 1
                 return OVERRUN
-            events: list[Event] = []
-            for data in datagrams:
-                self.decode_datagram(data, events)
+            events = self.decode_datagrams(datagrams, [])
             if events:
                 return events
 
@@ -322,54 +333,65 @@ class EventStream:
             yield await self.next_batch()
 
     def decode_datagram(self, data: bytes, out: list[Event] | None = None) -> list[Event]:
-        """The events in one datagram, appended to ``out`` (also returned).
+        """The events in one datagram, appended to ``out`` (also returned)."""
+        return self.decode_datagrams((data,), [] if out is None else out)
 
-        This is the event hot path, so it walks the netlink headers itself and calls the
-        compiled flow/expectation decoders directly.  A malformed message is counted in
-        ``decode_errors`` and skipped; a malformed header ends the datagram (the next
-        header cannot be found), never the stream.
+    def decode_datagrams(self, datagrams: Iterable[bytes], out: list[Event]) -> list[Event]:
+        """The events in these datagrams, appended to ``out`` (also returned).
+
+        This is the event hot path (the kernel sends most events one per datagram), so
+        it walks the netlink headers itself and calls the compiled flow/expectation
+        decoders directly.  A malformed message is counted in ``decode_errors`` and
+        skipped; a malformed header ends its datagram (the next header cannot be found),
+        never the stream.
         """
-        if out is None:
-            out = []
         append = out.append
         flow_stats, exp_stats = self.stats.flows, self.stats.expects
         muted = self.muted
-        off, end = 0, len(data)
-        while off + 16 <= end:
-            length, mtype, flags, _seq, pid = _unpack_nlmsghdr(data, off)
-            if length < 16 or off + length > end:
-                self.decode_errors.add(
-                    DecodeError("nlmsghdr", f"message claims length {length}, {end - off} left")
-                )
-                break
-            subsys = mtype >> 8
-            if subsys in (_CT, _EXP):
-                if pid and pid in muted:  # traffic's events have pid 0: one test
-                    self.stats.muted += 1
-                else:
-                    try:
-                        if length < 20:
-                            raise DecodeError(
-                                "nfgenmsg", f"message of {length} bytes has no nfgenmsg"
-                            )
-                        kind = _KINDS[mtype & 0xFF, flags & _CREATE_FLAGS]
-                        if subsys == _CT:
-                            obj: Flow | Expectation = _decode_flow(data, off + 20, off + length)
-                            flow_stats[kind] += 1
-                        else:
-                            obj = _decode_expect(data, off + 20, off + length)
-                            exp_stats[kind] += 1
-                        append(_new(Event, (kind, obj, pid)))  # (the constructor is slower)
-                    except DecodeError as exc:
-                        self.decode_errors.add(exc)
-            off += (length + 3) & ~3
+        prepared = self._prepared
+        prep: Prepared | None = None
+        for data in datagrams:
+            off, end = 0, len(data)
+            while off + 16 <= end:
+                length, mtype, flags, _seq, pid = _unpack_nlmsghdr(data, off)
+                if length < 16 or off + length > end:
+                    self.decode_errors.add(
+                        DecodeError("nlmsghdr", f"message claims length {length}, {end - off} left")
+                    )
+                    break
+                subsys = mtype >> 8
+                if subsys in (_CT, _EXP):
+                    if pid and pid in muted:  # traffic's events have pid 0: one test
+                        self.stats.muted += 1
+                    else:
+                        try:
+                            if length < 20:
+                                raise DecodeError(
+                                    "nfgenmsg", f"message of {length} bytes has no nfgenmsg"
+                                )
+                            kind = _KINDS[mtype & 0xFF, flags & _CREATE_FLAGS]
+                            start = off + 20
+                            if subsys != _CT:
+                                obj: Flow | Expectation = _decode_expect(data, start, off + length)
+                                prep = None
+                                exp_stats[kind] += 1
+                            elif prepared is None:
+                                obj = _decode_flow(data, start, off + length)
+                                flow_stats[kind] += 1
+                            else:
+                                obj, prep = prepared(data, start, off + length)
+                                flow_stats[kind] += 1
+                            append(_new(Event, (kind, obj, pid, prep)))  # (faster than Event())
+                        except DecodeError as exc:
+                            self.decode_errors.add(exc)
+                off += (length + 3) & ~3
         return out
 
 
 _unpack_nlmsghdr = struct.Struct("=IHHII").unpack_from
 _CT: Final = ct.NFNL_SUBSYS_CTNETLINK
 _EXP: Final = ct.NFNL_SUBSYS_CTNETLINK_EXP
-_decode_flow: Final = ct.FLOW.decoder()
+_decode_flow: Final[LayoutDecoder] = ct.FLOW.decoder()  # type: ignore[assignment]
 _decode_expect: Final = ct.EXPECT.decoder()
 _new: Final = tuple.__new__
 _CREATE_FLAGS: Final = NLM_F_CREATE | NLM_F_EXCL

@@ -27,6 +27,7 @@ from .config import Config
 from .kernel import ALL_EVENT_GROUPS, FLOW_EVENT_GROUPS, Conntrack, Event, EventStream, Overrun
 from .model import EventKind, Expectation, Flow, Status
 from .netlink import ctnetlink as ct
+from .netlink._layout import Derive
 
 __all__ = ["KernelMirror", "MirrorStats", "ResyncResult"]
 
@@ -90,6 +91,8 @@ class KernelMirror:
         self._backlog_watch = True
         #: port ids of the daemon's writing sockets whose events are not read (see mute())
         self.muted: set[int] = set()
+        #: the sender's fast path for flow events (the sync engine's; see EventStream)
+        self.prepare: Derive | None = None
         self._refresh_wanted = False
 
     @property
@@ -116,7 +119,10 @@ class KernelMirror:
                 return
             groups = ALL_EVENT_GROUPS if self.expectations else FLOW_EVENT_GROUPS
             with EventStream(
-                groups, rcvbuf=general.netlink_buffer_size // 2, muted=self.muted
+                groups,
+                rcvbuf=general.netlink_buffer_size // 2,
+                muted=self.muted,
+                prepare=self.prepare,
             ) as stream:
                 self.stream = stream
                 if general.reliable_events:
@@ -177,7 +183,7 @@ class KernelMirror:
         assert self.conntrack is not None
         masters = {
             (obj.master, obj.zone)
-            for kind, obj, port in batch
+            for kind, obj, port, _ in batch
             if kind == EventKind.NEW and not port and type(obj) is Expectation
         }
         changes: list[Change] = []

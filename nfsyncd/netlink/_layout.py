@@ -17,6 +17,10 @@ the same way in both), except through the codecs that validate content (strings)
 are still called; if one of them objects, the schema decoder runs and reports the error
 with its usual attribute path.  Layouts with a repeated attribute or a part the schema
 cannot build are simply not learned.
+
+A learned layout also says where each value sits (:attr:`Layout.paths`), so that a hot
+consumer can have more made straight from the values than the decoded object
+(``LayoutDecoder(derive=...)``; the sender's fast path in :mod:`nfsyncd.sync.sendpath`).
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ from ._attrs import NLA_TYPE_MASK, DecodeError
 if TYPE_CHECKING:
     from ._attrs import Field, Schema
 
-__all__ = ["LayoutDecoder"]
+__all__ = ["Derive", "Layout", "LayoutDecoder", "Path"]
 
 Decode = Callable[[bytes, int, int], Any]
+#: where a value sits in the decoded object: field names from the top, then the index of
+#: a value within a multi-value field (``("protoinfo", "flags_orig", 0)``)
+Path = tuple[str | int, ...]
 
 #: layouts kept per decoder; past it, new layouts are decoded by the schema only (a
 #: stream of ever-new layouts must not turn into a stream of code generation)
@@ -60,6 +67,12 @@ class _Learner:
         self.values = count()
         self.ns: dict[str, Any] = {"_new": tuple.__new__}
         self.names = count()
+        #: the unpacked value (its variable name) at each path
+        self.paths: dict[Path, str] = {}
+        #: every field the object will have a value for, nested ones included
+        self.present: set[Path] = set()
+        #: the factory of each nested object built (TcpInfo at ("protoinfo",))
+        self.kinds: dict[Path, Any] = {}
 
     def constant(self, name: str, value: Any) -> str:
         key = f"{name}{next(self.names)}"
@@ -75,7 +88,9 @@ class _Learner:
         self.cursor = rel + size
         return f"v{next(self.values)}"
 
-    def level(self, schema: Schema, start: int, end: int, exprs: dict[str, str]) -> None:
+    def level(
+        self, schema: Schema, start: int, end: int, exprs: dict[str, str], path: Path = ()
+    ) -> None:
         """Fill ``exprs`` (field -> Python expression) from the attributes in [start, end)."""
         buf = self.buf
         first: dict[int, Field] = {}
@@ -97,37 +112,41 @@ class _Learner:
             seen.add(at)
             found = first.get(at)
             if found is not None:
-                self.field(found, off + 4, off + ln, exprs)
+                self.field(found, off + 4, off + ln, exprs, path)
             off += (ln + 3) & -4
 
-    def field(self, f: Field, ps: int, pe: int, exprs: dict[str, str]) -> None:
+    def field(self, f: Field, ps: int, pe: int, exprs: dict[str, str], path: Path) -> None:
         if not f.inline and f.field in exprs:
             # two attributes for one field (TCP and SCTP protoinfo): the schema decoder
             # keeps the last, after decoding (and maybe rejecting) the first
             raise _Unsupported(f"{f.field} given twice")
+        here = (*path, f.field)
         if f.schema is not None:
             if f.inline:
-                self.level(f.schema, ps, pe, exprs)
+                self.level(f.schema, ps, pe, exprs, path)
             else:
-                exprs[f.field] = self.build(f.schema, ps, pe)
+                exprs[f.field] = self.build(f.schema, ps, pe, here)
+                self.present.add(here)
             return
+        self.present.add(here)
         codec = f.codec
         assert codec is not None
         rel, n = ps - self.base, pe - ps
         fmt = codec.fmt
         if fmt == "bytes":
-            exprs[f.field] = self._value(rel, f"{n}s", n)
+            exprs[f.field] = self.paths[here] = self._value(rel, f"{n}s", n)
         elif fmt is not None and len(fmt) == 1 and struct.calcsize(fmt) == 1:
-            exprs[f.field] = self._value(rel, fmt, 1)
+            exprs[f.field] = self.paths[here] = self._value(rel, fmt, 1)
         elif fmt is not None and len(fmt) == 2 and fmt[0] in ">!":
-            exprs[f.field] = self._value(rel, fmt[1], struct.calcsize(fmt))
+            exprs[f.field] = self.paths[here] = self._value(rel, fmt[1], struct.calcsize(fmt))
         elif codec.parts is not None and struct.calcsize(">" + codec.parts[0]) == n:
             codes, factory = codec.parts
             values = []
             at = rel
-            for code in codes:  # one letter per value; big-endian structs have no padding
+            for i, code in enumerate(codes):  # one letter per value; big-endian: no padding
                 size = struct.calcsize(">" + code)
                 values.append(self._value(at, code, size))
+                self.paths[(*here, i)] = values[-1]
                 at += size
             cls = self.constant("_cls", factory)
             exprs[f.field] = f"_new({cls}, ({', '.join(values)},))"
@@ -138,14 +157,15 @@ class _Learner:
         else:
             raise _Unsupported(f"codec format {fmt!r}")
 
-    def build(self, schema: Schema, start: int, end: int) -> str:
+    def build(self, schema: Schema, start: int, end: int, path: Path = ()) -> str:
         """The expression building ``schema``'s value from the attributes in [start, end)."""
         factory = schema.factory
         fields = getattr(factory, "_fields", None)
         if factory is None or fields is None:
             raise _Unsupported(f"{schema.name} has no NamedTuple factory")
+        self.kinds[path] = factory
         exprs: dict[str, str] = {}
-        self.level(schema, start, end, exprs)
+        self.level(schema, start, end, exprs, path)
         known = {f.field for f in _leaf_fields(schema)}
         defaults = getattr(factory, "_field_defaults", {})
         args = []
@@ -171,47 +191,94 @@ def _leaf_fields(schema: Schema) -> list[Field]:
     return out
 
 
-class _Layout:
-    __slots__ = ("decode", "expected", "mask")
+class Layout:
+    """One learned message layout: which messages it fits (``mask``/``expected``), the
+    function that decodes them (``decode(buf, start)``), and what a derived decoder
+    needs to generate its own: the ``unpack`` of every value at once (into the variables
+    ``names``), the expression ``build`` that makes the object from them (with the
+    constants in ``namespace``), the variable at each path (``paths``), every field the
+    object has (``present``), the factory of each nested object (``kinds``), and the
+    message it was learned from (``sample``)."""
 
-    def __init__(self, mask: int, expected: int, decode: Callable[[bytes, int], Any]) -> None:
-        self.mask = mask
-        self.expected = expected
-        self.decode = decode
+    __slots__ = (
+        "build",
+        "decode",
+        "expected",
+        "kinds",
+        "mask",
+        "names",
+        "namespace",
+        "paths",
+        "present",
+        "sample",
+        "unpack",
+    )
+
+    def __init__(self, learner: _Learner, build: str) -> None:
+        self.sample = learner.buf
+        self.mask = int.from_bytes(learner.mask, "big")
+        self.expected = int.from_bytes(learner.buf, "big") & self.mask
+        self.unpack: Callable[[bytes, int], tuple[Any, ...]] = struct.Struct(
+            ">" + "".join(learner.codes)
+        ).unpack_from
+        self.names = tuple(f"v{i}" for i in range(next(learner.values)))
+        self.build = build
+        self.namespace = learner.ns
+        self.paths = learner.paths
+        self.present = frozenset(learner.present)
+        self.kinds = learner.kinds
+        self.decode: Callable[[bytes, int], Any] = self.function("_layout", f"return {build}")
+
+    def function(self, name: str, body: str, **constants: Any) -> Callable[[bytes, int], Any]:
+        """A generated ``name(buf, start)`` that unpacks every value into its variable and
+        then runs ``body`` (indented lines; ``constants`` are added to its globals)."""
+        lines = [f"def {name}(buf, start):"]
+        if self.names:
+            lines.append(f"    {', '.join(self.names)}, = _unpack(buf, start)")
+        lines += [f"    {line}" for line in body.splitlines()]
+        source = "\n".join(lines) + "\n"
+        ns = {**self.namespace, **constants, "_unpack": self.unpack}
+        exec(compile(source, f"<layout {name}>", "exec"), ns)
+        fn: Callable[[bytes, int], Any] = ns[name]
+        fn.__source__ = source  # type: ignore[attr-defined]
+        return fn
 
 
-def learn(schema: Schema, buf: bytes, start: int, end: int) -> _Layout | None:
+#: what a derived decoder makes of a layout: a ``fn(buf, start) -> (object, extra)``
+Derive = Callable[[Layout], Callable[[bytes, int], tuple[Any, Any]]]
+
+
+def learn(schema: Schema, buf: bytes, start: int, end: int) -> Layout | None:
     """The layout of the message in ``buf[start:end]``, or None when it cannot be learned."""
-    learner = _Learner(buf, start, end)
+    learner = _Learner(bytes(buf[start:end]), 0, end - start)
     try:
-        expr = learner.build(schema, start, end)
+        build = learner.build(schema, 0, end - start)
     except _Unsupported:
         return None
-    layout = struct.Struct(">" + "".join(learner.codes))
-    names = [f"v{i}" for i in range(next(learner.values))]
-    learner.ns["_unpack"] = layout.unpack_from
-    lines = ["def _layout(buf, start):"]
-    if names:
-        lines.append(f"    {', '.join(names)}, = _unpack(buf, start)")
-    lines.append(f"    return {expr}")
-    source = "\n".join(lines) + "\n"
-    exec(compile(source, f"<layout of {schema.name}>", "exec"), learner.ns)
-    fn: Callable[[bytes, int], Any] = learner.ns["_layout"]
-    fn.__source__ = source  # type: ignore[attr-defined]
-    mask = int.from_bytes(learner.mask, "big")
-    expected = int.from_bytes(buf[start:end], "big") & mask
-    return _Layout(mask, expected, fn)
+    return Layout(learner, build)
 
 
 class LayoutDecoder:
     """A schema decoder that learns message layouts (see the module doc); called like the
-    schema decoder it wraps, and returns equal values."""
+    schema decoder it wraps, and returns equal values.
 
-    def __init__(self, schema: Schema, decode: Decode, max_layouts: int = MAX_LAYOUTS) -> None:
+    With ``derive``, each learned layout's decoder is the function ``derive`` makes of
+    it, and every call returns ``(value, extra)``: what that function returns, or
+    ``(value, None)`` for a message of no learned layout."""
+
+    def __init__(
+        self,
+        schema: Schema,
+        decode: Decode,
+        max_layouts: int = MAX_LAYOUTS,
+        *,
+        derive: Derive | None = None,
+    ) -> None:
         self.schema = schema
         self.slow = decode
         self.max_layouts = max_layouts
-        self._by_size: dict[int, list[_Layout]] = {}
+        self.derive = derive
+        self._by_size: dict[int, list[Layout]] = {}
         self.learned = 0
         self.hits = 0
 
@@ -230,12 +297,14 @@ class LayoutDecoder:
         obj = self.slow(buf, start, end)
         if self.learned < self.max_layouts:
             self._learn(buf, start, end)
-        return obj
+        return obj if self.derive is None else (obj, None)
 
     def _learn(self, buf: bytes, start: int, end: int) -> None:
         # a layout that cannot be learned uses up an attempt too, or each of its messages
         # would try again
         self.learned += 1
-        layout = learn(self.schema, bytes(buf[start:end]), 0, end - start)
+        layout = learn(self.schema, buf, start, end)
         if layout is not None:
+            if self.derive is not None:
+                layout.decode = self.derive(layout)
             self._by_size.setdefault(end - start, []).append(layout)

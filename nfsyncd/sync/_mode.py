@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, ClassVar, Final, TypeAlias
 
+from .._record import flow_key
 from ..model import Expectation, Flow
 from .wire import SEQ_MASK, Encoder, Message, NetworkStats, SeqCounter
 
@@ -39,10 +40,12 @@ __all__ = [
 ]
 
 Obj: TypeAlias = Flow | Expectation
-#: ("ct", orig, zone) for flows, ("exp", tuple, zone or 0) for expectations: the cache's keys
-Key: TypeAlias = tuple[object, ...]
+#: the caches' keys: a flow's :func:`~nfsyncd._record.flow_key` (``("ct", orig, zone)`` for a
+#: flow that has none: it cannot be encoded either), ``("exp", tuple, zone or 0)`` for an
+#: expectation
+Key: TypeAlias = bytes | tuple[object, ...]
 Lookup: TypeAlias = Callable[[Obj], Obj | None]
-#: a tx entry: message type, the object to encode (None when ``payload`` is already built)
+#: a tx entry: message type, the object, its payload when already built (else None)
 TxEntry: TypeAlias = tuple[int, Obj | None, bytes | None]
 #: a pending control message: its flag (ACK, NACK, RESYNC or ALIVE), from, to
 Ctl: TypeAlias = tuple[int, int, int]
@@ -61,12 +64,17 @@ _NEW, _UPD, _DEL = 0, 1, 2  # offsets of NEW/UPD/DEL within CT (0-2) and EXP (3-
 _pack_hdr = struct.Struct(">BBHI").pack
 _pack_ack = struct.Struct(">BBHIII").pack
 _CTL_BYTE0: Final = 0x10 | 10
+#: what packing a flow's key may fail with (addresses of a bad size, values out of range)
+_BAD_VALUE: Final = (ValueError, TypeError, OverflowError, struct.error)
 
 
 def object_key(obj: Obj) -> Key:
     """The identity a change coalesces on (the same as the caches' keys)."""
     if isinstance(obj, Flow):
-        return ("ct", obj.orig, obj.zone)
+        try:
+            return flow_key(obj.orig, obj.zone)
+        except _BAD_VALUE:
+            return ("ct", obj.orig, obj.zone)
     return ("exp", obj.tuple, obj.zone or 0)
 
 
@@ -136,18 +144,18 @@ class SyncMode:
         NEW/UPDATE is a NEW again); the object keeps its place in the queue."""
         tx = self._tx
         hook = self._on_queue
-        for kind, obj in changes:
-            if isinstance(obj, Flow):
-                key: Key = ("ct", obj.orig, obj.zone)
+        for kind, obj, cache_key, payload in changes:
+            if cache_key is not None:  # (a flow's change from the cache: it knows the key)
+                key: Key = cache_key
                 base = 0
             else:
-                key = ("exp", obj.tuple, obj.zone or 0)
-                base = 3
+                key = object_key(obj)
+                base = 0 if isinstance(obj, Flow) else 3
             k = raw = kind - 1
             prev = tx.get(key)
             if prev is not None and k != _DEL and prev[0] - base != _UPD:
                 k = _NEW
-            tx[key] = (base + k, obj, None)
+            tx[key] = (base + k, obj, payload)
             if hook is not None:
                 hook(key, raw, obj)
 

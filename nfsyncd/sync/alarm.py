@@ -109,7 +109,7 @@ class AlarmMode(SyncMode):
                 continue
             self._push(key, current, updated)
             if key not in tx:
-                tx[key] = ((0 if key[0] == "ct" else 3) + (1 if updated else 0), current, None)
+                tx[key] = ((3 if key[0] == "exp" else 0) + (1 if updated else 0), current, None)
             self.refreshes += 1
 
     def forget(self) -> None:

@@ -68,6 +68,7 @@ __all__ = [
     "NTA_EXP_MAX",
     "NTA_MAX",
     "OLDEST_PEER_VERSION",
+    "TCP_HEADS",
     "AttrEncoder",
     "AttrSpec",
     "Extra",
@@ -311,7 +312,7 @@ def _tcp_head(size: int, group: int) -> Callable[..., bytes]:
 
 
 #: by address size
-_TCP_HEADS: Final = {4: _tcp_head(4, NTA_IPV4), 16: _tcp_head(16, NTA_IPV6)}
+TCP_HEADS: Final = {4: _tcp_head(4, NTA_IPV4), 16: _tcp_head(16, NTA_IPV6)}
 
 # Flow and Expectation are built with tuple.__new__ (the NamedTuple constructor costs
 # ~1 µs per flow); these guard the positional layouts that relies on.
@@ -970,7 +971,7 @@ class AttrEncoder:
         self.tcp_window_tracking = tcp_window_tracking
         #: attribute number -> objects sent without it because the peer is too old
         self.omitted: dict[int, int] = {}
-        #: whether a TCP flow's first attributes may come from one _TCP_HEADS pack (the
+        #: whether a TCP flow's first attributes may come from one TCP_HEADS pack (the
         #: window scales would sit between them; a CommitTimeout leaves NTA_TIMEOUT out)
         self._fast_head = send_timeout and not tcp_window_tracking
 
@@ -982,7 +983,7 @@ class AttrEncoder:
         """The attributes of a CT message, in conntrackd's order (§1.7).
 
         One straight pass with a prebuilt ``struct`` per attribute shape, and the usual
-        start of a TCP flow in a single one (:data:`_TCP_HEADS`)."""
+        start of a TCP flow in a single one (:data:`TCP_HEADS`)."""
         (
             orig,
             reply,
@@ -1011,7 +1012,7 @@ class AttrEncoder:
             and mark is not None
             and len(src) == len(dst)
         ):
-            head = _TCP_HEADS.get(len(src))
+            head = TCP_HEADS.get(len(src))
             if head is not None:
                 try:
                     out = [head(src, dst, status or 0, sport, dport, protoinfo[0], timeout, mark)]

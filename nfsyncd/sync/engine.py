@@ -33,6 +33,7 @@ from ..model import EventKind, Expectation, Flow
 from .links import LinkSet
 from .modes import SyncMode, make_mode
 from .parity import HelperMismatchError, HelperParity, local_helpers
+from .sendpath import SendPath
 from .wire import Encoder, Message, NetworkStats, pack_datagrams
 
 __all__ = ["ROLES", "SyncEngine", "TransitionResult"]
@@ -108,6 +109,9 @@ class SyncEngine:
             send_timeout=self.sync.commit_timeout is None,
             tcp_window_tracking=self.sync.tcp_window_tracking,
         )
+        # the mirror decodes flow events through the fast path for this encoder
+        self.send_path = SendPath(self.encoder)
+        mirror.prepare = self.send_path.derive
         self.mode: SyncMode = make_mode(
             self.sync,
             self.encoder,
@@ -668,6 +672,10 @@ class SyncEngine:
                 "purges": s.purges,
                 "transitions": dict(s.transitions),
                 "link_switches": self.links.switches,
+                # kernel event layouts the sender's fast path handles (mismatches: layouts
+                # whose self-check failed, a bug; they take the general path)
+                "fast_path_layouts": self.send_path.prepared_layouts,
+                "fast_path_mismatches": self.send_path.mismatches,
                 **self._parity_counters(),
             },
             "external": self.external.stats_dict()

@@ -351,6 +351,8 @@ def check_counters(
     assert link["stats"]["recv_packets"] > 0 and link["stats"]["recv_bytes"] > 0, link
     assert net["Malformed messages"] == 0 and net["lost"] == 0, net
     assert queue["mode"] == mode and queue["msgs_sent"] >= synced, queue
+    # the TCP flows' events took the sender's fast path, which agreed with the general one
+    assert sent["fast_path_layouts"] >= 1 and sent["fast_path_mismatches"] == 0, sent
     if text:  # the CLI prints every section, by its own name and by conntrackd's
         for args in (("stats", "network"), ("stats", "link"), ("stats", "queue"), ("-s", "n")):
             assert d2.ctl(*args).stdout.strip(), args

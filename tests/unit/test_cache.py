@@ -101,6 +101,11 @@ def ev(kind: EventKind, obj: Flow | Expectation, origin: int = 0) -> Event:
     return Event(kind, obj, origin)
 
 
+def change(kind: EventKind, flow: Flow) -> Change:
+    """The change the cache makes of a flow event: with the flow's key (the sync queue's)."""
+    return Change(kind, flow, flow_key(flow.orig, flow.zone))
+
+
 def new_cache(filter: Filter | None = None, **kw: Any) -> InternalCache:
     cache = InternalCache(filter, clock=FakeClock(), **kw)
     cache.origins.update(
@@ -180,7 +185,7 @@ def test_new_event_adds_and_is_replicated() -> None:
     cache = new_cache()
     flow = tcp(1, mark=0x42, zone=3, helper="ftp")
     changes = cache.apply_events([ev(NEW, flow)])
-    assert changes == [Change(NEW, flow)]
+    assert changes == [change(NEW, flow)]
     assert cache.get_flow(flow.orig, 3) == kept(flow)
     assert cache.get_flow(flow.orig) is None  # another zone
     assert len(cache) == cache.flow_count() == 1
@@ -199,7 +204,7 @@ def test_new_event_of_a_known_flow_updates_it() -> None:
     cache = new_cache()
     cache.apply_events([ev(NEW, tcp(1, state=SYN_SENT))])
     changes = cache.apply_events([ev(NEW, tcp(1))])
-    assert changes == [Change(UPDATE, tcp(1))]
+    assert changes == [change(UPDATE, tcp(1))]
     assert cache.get_flow(tcp(1).orig) == kept(tcp(1))
     assert (cache.stats.flows.created, cache.stats.flows.updated) == (1, 1)
 
@@ -238,7 +243,7 @@ def test_update_of_an_unknown_flow_adds_it() -> None:
     """Events can be lost (or a NEW filtered): an UPDATE of an unknown flow adds it."""
     cache = new_cache()
     changes = cache.apply_events([ev(UPDATE, tcp(1))])
-    assert changes == [Change(NEW, tcp(1))]
+    assert changes == [change(NEW, tcp(1))]
     assert cache.get_flow(tcp(1).orig) == kept(tcp(1))
     s = cache.stats.flows
     assert (s.created, s.update_not_found, s.updated, s.update_failed) == (1, 1, 0, 0)
@@ -249,7 +254,7 @@ def test_destroy_removes_and_is_replicated() -> None:
     cache.apply_events([ev(NEW, tcp(1)), ev(NEW, tcp(2))])
     destroy = tcp(1, status=int(Status.CONFIRMED | Status.DYING), protoinfo=TcpInfo(3))
     destroy = destroy._replace(counters_orig=Counters(1, 2), timestamp=Timestamp(1, 2))
-    assert cache.apply_events([ev(DESTROY, destroy)]) == [Change(DESTROY, destroy)]
+    assert cache.apply_events([ev(DESTROY, destroy)]) == [change(DESTROY, destroy)]
     assert cache.get_flow(tcp(1).orig) is None and len(cache) == 1
     assert cache.stats.flows.deleted == 1
 
@@ -319,7 +324,7 @@ def test_bad_values_are_counted_not_raised() -> None:
     bad = Flow(Tuple(b"\1\2\3", b"\1\2\3", IPPROTO_TCP, 1, 2), timeout=1)
     worse = tcp(1, mark=1 << 40)
     assert cache.apply_events([ev(NEW, bad), ev(NEW, worse), ev(NEW, tcp(2))]) == [
-        Change(NEW, tcp(2))
+        change(NEW, tcp(2))
     ]
     assert cache.stats.flows.create_failed == 2
 
@@ -330,7 +335,7 @@ def test_bad_values_are_counted_not_raised() -> None:
 def test_commit_events_update_the_cache_silently_and_mark_the_peer() -> None:
     cache = new_cache()
     assert cache.apply_events([ev(NEW, tcp(1), COMMIT_PORT), ev(NEW, tcp(2))]) == [
-        Change(NEW, tcp(2))
+        change(NEW, tcp(2))
     ]
     assert cache.get_flow(tcp(1).orig) == kept(tcp(1))
     assert cache.is_from_peer(tcp(1)) and not cache.is_from_peer(tcp(2))
@@ -353,7 +358,7 @@ def test_flush_events_remove_silently() -> None:
 
 def test_events_of_unregistered_sockets_are_replicated() -> None:
     cache = new_cache()
-    assert cache.apply_events([ev(NEW, tcp(1), OTHER_PORT)]) == [Change(NEW, tcp(1))]
+    assert cache.apply_events([ev(NEW, tcp(1), OTHER_PORT)]) == [change(NEW, tcp(1))]
 
 
 def test_injected_flows_are_not_cached_but_remembered_as_the_peers() -> None:
@@ -427,7 +432,7 @@ def test_mark_from_peer_marks_cached_entries_and_forgets_vanished_keys() -> None
 def test_events_the_filter_rejects_are_not_cached() -> None:
     cache = new_cache(Filter(protocol=("ignore", (IPPROTO_UDP,))))
     changes = cache.apply_events([ev(NEW, udp(1)), ev(NEW, tcp(1)), ev(DESTROY, udp(1))])
-    assert changes == [Change(NEW, tcp(1))]
+    assert changes == [change(NEW, tcp(1))]
     assert len(cache) == 1
     s = cache.stats.flows
     assert (s.filtered, s.delete_not_found) == (2, 0)

@@ -266,7 +266,7 @@ def test_nat_and_zones_are_never_lazy(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_tcp_head_in_one_pack_equals_attribute_by_attribute(
     flow: Flow, state: int, timeout: int, mark: int
 ) -> None:
-    """The one-pack start of a TCP message (A._TCP_HEADS) writes what the attribute-wise
+    """The one-pack start of a TCP message (A.TCP_HEADS) writes what the attribute-wise
     path writes, and out-of-range values still fail with the attribute's name."""
     tcp = flow._replace(
         orig=flow.orig._replace(proto=6, sport=flow.orig.sport or 1, dport=flow.orig.dport or 2),

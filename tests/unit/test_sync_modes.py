@@ -29,7 +29,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfsyncd.cache import Change
+from nfsyncd.cache import Change, flow_key
 from nfsyncd.model import IPPROTO_TCP, EventKind, Expectation, Flow, Tuple
 from nfsyncd.sync import (
     Encoder,
@@ -155,7 +155,8 @@ def test_expectations_and_zones_are_distinct_objects() -> None:
     out = decode(m.output())
     assert [x.type for x in out] == [MsgType.CT_NEW, MsgType.CT_DEL, MsgType.EXP_NEW]
     assert object_key(exp) == ("exp", exp.tuple, 0)
-    assert object_key(f) == ("ct", f.orig, None)
+    assert object_key(f) == flow_key(f.orig)  # the internal cache's key
+    assert object_key(f._replace(zone=0)) == object_key(f)  # zone 0 is no zone
 
 
 def test_every_message_takes_the_next_seq() -> None:
