@@ -49,6 +49,7 @@ from __future__ import annotations
 import struct
 from typing import Final
 
+from ._prepared import Prepared
 from .model import (
     DccpInfo,
     Flow,
@@ -80,6 +81,7 @@ __all__ = [
     "pack_canonical",
     "pack_record",
     "pack_tuple",
+    "present_mask",
     "record_since",
     "unpack_key",
     "unpack_record",
@@ -299,6 +301,7 @@ MARKED_MASK: Final = COMMON_MASK | F_MARK
 TCP_BODY_MARKED: Final = struct.Struct("<HIIBBBBBBBB")
 TCP_BODY: Final = struct.Struct("<HI0sBBBBBBBB")
 NO_MARK: Final = b""
+_prefix: Final = RECORD_PREFIX.pack
 _COMMON: Final = struct.Struct("<BIIHIBBBBBBBB")
 _COMMON_MARKED: Final = struct.Struct(RECORD_PREFIX.format + TCP_BODY_MARKED.format[1:])
 _COMMON_NO_MARK: Final = struct.Struct(RECORD_PREFIX.format + TCP_BODY.format[1:])
@@ -423,9 +426,12 @@ def canonical(flow: Flow) -> Flow:
     return flow
 
 
-def pack_canonical(flow: Flow, flags: int, since: int) -> bytes:
+def pack_canonical(flow: Flow | Prepared, flags: int, since: int) -> bytes:
     """``pack_record(canonical(flow), flags, since)``, with a fast path for the shape
-    of nearly every TCP flow (this runs once per kernel event)."""
+    of nearly every TCP flow (this runs once per kernel event); a prepared event has
+    its record body made already."""
+    if isinstance(flow, Prepared):
+        return _prefix(flags | FLAG_TIMEOUT, since, flow[1]) + flow[2]
     (
         orig,
         reply,
@@ -579,13 +585,25 @@ def _needed(mask: int, has_timeout: int) -> tuple[int, ...]:
     return found
 
 
-def covers(flow: Flow, rec: bytes) -> bool:
+def covers(flow: Flow | Prepared, rec: bytes) -> bool:
     """Whether ``flow`` has a value for every field the record has (then it replaces the
     record whole; otherwise it is a partial update to merge)."""
+    if isinstance(flow, Prepared):  # (which has a timeout, and knows its other fields)
+        return not (rec[9] | rec[10] << 8) & ~flow[4]
     for i in _needed(rec[9] | rec[10] << 8, rec[0] & FLAG_TIMEOUT):  # noqa: SIM110 (speed)
         if flow[i] is None:
             return False
     return True
+
+
+def present_mask(flow: Flow) -> int:
+    """The field bits (``F_*``) of the fields ``flow`` has a value for: it
+    :func:`covers` a record whose mask has no other bit (timeout aside)."""
+    mask = 0
+    for bits, i in _FIELD_OF_BITS:
+        if flow[i] is not None:
+            mask |= bits
+    return mask
 
 
 _SINCE: Final = struct.Struct("<I")

@@ -51,12 +51,11 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Final, NamedTuple
 
+from ._prepared import Prepared
 from ._record import (
     BODY_OFFSET,
     FLAG_FROM_PEER,
     FLAG_GEN,
-    FLAG_TIMEOUT,
-    RECORD_PREFIX,
     covers,
     flow_key,
     pack_canonical,
@@ -101,12 +100,13 @@ class Origin(enum.IntEnum):
 class Change(NamedTuple):
     """Something the peer must learn: NEW = the entry was added to the cache, UPDATE = a
     cached entry changed, DESTROY = it was removed.  ``obj`` is the flow or expectation
-    as it now is (for DESTROY: as the kernel or the cache last knew it).  A flow's change
-    may carry its cache key (:func:`flow_key`, the sync queue's key too) and its sync
-    payload when the sender's fast path made them (:class:`~nfsyncd._prepared.Prepared`)."""
+    as it now is (for DESTROY: as the kernel or the cache last knew it), or a flow event
+    as the sender's fast path prepared it (:class:`~nfsyncd._prepared.Prepared`).  A
+    flow's change may carry its cache key (:func:`flow_key`, the sync queue's key too),
+    and the payload to send when the fast path made it."""
 
     kind: EventKind
-    obj: Flow | Expectation
+    obj: Flow | Expectation | Prepared
     key: bytes | None = None
     payload: bytes | None = None
 
@@ -162,7 +162,6 @@ def _expect_key(exp: Expectation) -> ExpKey:
 
 
 _new: Final = tuple.__new__
-_prefix: Final = RECORD_PREFIX.pack
 
 
 def _merge(event: Flow, cached: Flow) -> Flow:
@@ -317,20 +316,22 @@ class InternalCache:
         fast = not self._peer_flows
         accepts = self._filter.accepts_flow if self._filter.filters_flows else None
         flags = self._gen
-        for kind, obj, port, prep in events:
+        for kind, obj, port in events:
             origin = origins.get(port, Origin.NOT_ME) if port else Origin.NOT_ME
-            if type(obj) is not Flow:
-                if isinstance(obj, Expectation):
-                    self._expect_event(kind, obj, origin, now, changes)
-                continue
-            if prep is not None:
-                key = prep[0]
-            else:
+            if type(obj) is Prepared:  # the sender's fast path made key, record and payload
+                key = obj[0]
+                payload: bytes | None = obj[3]
+            elif type(obj) is Flow:
                 try:
                     key = flow_key(obj.orig, obj.zone)
                 except _BAD_VALUE:
                     st.create_failed += 1
                     continue
+                payload = None
+            else:
+                if isinstance(obj, Expectation):
+                    self._expect_event(kind, obj, origin, now, changes)
+                continue
             old = table.get(key)
             if (
                 old is not None
@@ -341,19 +342,15 @@ class InternalCache:
             ):
                 # an update that replaces the cached record whole (_store_update's first
                 # case): an update storm is mostly these
-                peer = (old[0] & FLAG_FROM_PEER) | flags
-                if prep is not None:
-                    table[key] = _prefix(peer | FLAG_TIMEOUT, record_since(old), prep[1]) + prep[2]
-                    append(_new(Change, (UPDATE, obj, key, prep[3])))
-                    st.updated += 1
-                    continue
                 try:
-                    table[key] = pack_canonical(obj, peer, record_since(old))
+                    table[key] = pack_canonical(
+                        obj, (old[0] & FLAG_FROM_PEER) | flags, record_since(old)
+                    )
                 except _BAD_VALUE:
                     st.update_failed += 1
                     continue
                 st.updated += 1
-                append(_new(Change, (UPDATE, obj, key, None)))
+                append(_new(Change, (UPDATE, obj, key, payload)))
                 continue
             if (
                 fast
@@ -363,23 +360,19 @@ class InternalCache:
                 and len(table) < self.limit
                 and (accepts is None or accepts(obj))
             ):
-                if prep is not None:
-                    table[key] = _prefix(flags | FLAG_TIMEOUT, now, prep[1]) + prep[2]
-                    payload = prep[3]
-                else:
-                    try:
-                        table[key] = pack_canonical(obj, flags, now)
-                    except _BAD_VALUE:
-                        st.create_failed += 1
-                        continue
-                    payload = None
+                try:
+                    table[key] = pack_canonical(obj, flags, now)
+                except _BAD_VALUE:
+                    st.create_failed += 1
+                    continue
                 st.created += 1
                 if kind == UPDATE:
                     st.update_not_found += 1
                 # (the NamedTuple constructor is slower)
                 append(_new(Change, (NEW, obj, key, payload)))
                 continue
-            self._flow_event(kind, obj, key, origin, now, changes)
+            flow = obj.flow() if isinstance(obj, Prepared) else obj
+            self._flow_event(kind, flow, key, origin, now, changes)
             fast = fast and not self._peer_flows
         return changes
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from ._prepared import Prepared
 from .cache import Change, InternalCache, Origin
 from .kernel import Event
 from .model import EventKind, Expectation, Flow
@@ -32,15 +33,15 @@ class BypassCache(InternalCache):
         filt = self.filter
         flow_filter = filt.accepts_flow if filt.filters_flows else None
         st = self._flow_stats
-        for kind, obj, port, prep in events:
+        for kind, obj, port in events:
             if port and origins.get(port, _NOT_ME) != _NOT_ME:
                 continue  # our own commits, flushes and injections are never sent back
-            if type(obj) is Flow:
+            if type(obj) is Flow or type(obj) is Prepared:
                 if flow_filter is not None and not flow_filter(obj):
                     st.filtered += 1
                     continue
-                if prep is not None:
-                    changes.append(Change(kind, obj, prep.key, prep.payload))
+                if type(obj) is Prepared:
+                    changes.append(Change(kind, obj, obj.key, obj.payload))
                     continue
             elif isinstance(obj, Expectation) and not (
                 self.expectations and filt.accepts_expect(obj)

@@ -25,6 +25,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Final, Literal
 
+from ._prepared import Prepared
 from .model import IPPROTO_TCP, Expectation, Flow, TcpInfo
 
 __all__ = ["Action", "Filter", "Rule"]
@@ -192,29 +193,34 @@ class Filter:
         return cls(rule("protocol"), rule("address"), rule("tcp_state"), helpers)
 
     # -- decisions ---------------------------------------------------------------------
-    def accepts_flow(self, flow: Flow) -> bool:
+    def accepts_flow(self, flow: Flow | Prepared) -> bool:
         # (fields by index: this runs once per kernel event, and a field name costs more)
-        orig = flow[0]
+        reply_src: bytes | None
+        state: int | None
+        if isinstance(flow, Prepared):  # a TCP flow without NAT: the reply source is dst
+            proto, src, reply_src, state = IPPROTO_TCP, flow[5], flow[6], flow[7]
+        else:
+            orig, reply, info = flow[0], flow[1], flow[8]
+            proto, src = orig[2], orig[0]
+            reply_src = None if reply is None else reply[0]
+            state = info[0] if type(info) is TcpInfo else None
         protocols = self._protocols
-        if protocols is not None and (orig[2] in protocols) is not self._proto_accept:
+        if protocols is not None and (proto in protocols) is not self._proto_accept:
             return False
         addresses = self._addresses
         if addresses is not None:
-            reply = flow[1]
             if addresses.hosts_only:  # the usual list: set lookups, no calls
                 hosts = addresses.hosts
-                matched = orig[0] in hosts or (reply is not None and reply[0] in hosts)
+                matched = src in hosts or (reply_src is not None and reply_src in hosts)
             else:
-                matched = addresses.contains(orig[0]) or (
-                    reply is not None and addresses.contains(reply[0])
+                matched = addresses.contains(src) or (
+                    reply_src is not None and addresses.contains(reply_src)
                 )
             if matched is not self._addr_accept:
                 return False
         states = self._states
-        if states is not None and orig[2] == IPPROTO_TCP:
-            info = flow[8]
-            if type(info) is TcpInfo and info[0] is not None:
-                return (info[0] in states) is self._state_accept
+        if states is not None and proto == IPPROTO_TCP and state is not None:
+            return (state in states) is self._state_accept
         return True
 
     def accepts_expect(self, exp: Expectation) -> bool:

@@ -54,13 +54,13 @@ _T = TypeVar("_T")
 
 
 class Event(NamedTuple):
-    """A kernel notification: what happened, to what, and whose write caused it; for a
-    flow event of a stream with a ``prepare``, also what that made of it (or None)."""
+    """A kernel notification: what happened, to what, and whose write caused it.  From a
+    stream with a ``prepare``, a flow may come as what that made of it
+    (:class:`~nfsyncd._prepared.Prepared`; its ``flow()`` is the flow)."""
 
     kind: EventKind
-    obj: Flow | Expectation
+    obj: Flow | Expectation | Prepared
     origin: int
-    prep: Prepared | None = None
 
 
 @dataclass(slots=True)
@@ -267,10 +267,10 @@ class EventStream:
     in ``stats.muted``): the daemon's own large writes (a commit) would otherwise cost
     it as much again in reading back what it just wrote.
 
-    ``prepare`` derives a decoder from each learned flow layout
-    (:class:`~nfsyncd.netlink._layout.LayoutDecoder`) that returns what it made of an
-    event besides the flow, in :attr:`Event.prep`: the sender's fast path
-    (:mod:`nfsyncd.sync.sendpath`).
+    ``prepare`` derives the decoder of each learned flow layout
+    (:class:`~nfsyncd.netlink._layout.LayoutDecoder`): the sender's fast path
+    (:mod:`nfsyncd.sync.sendpath`), whose events may carry a
+    :class:`~nfsyncd._prepared.Prepared` instead of a ``Flow``.
     """
 
     def __init__(
@@ -283,9 +283,9 @@ class EventStream:
         prepare: Derive | None = None,
     ) -> None:
         self._nl = nl if nl is not None else NetlinkSocket(groups=groups, rcvbuf=rcvbuf)
-        self._prepared: LayoutDecoder | None = None
+        self._decode_flow = _decode_flow
         if prepare is not None:
-            self._prepared = LayoutDecoder(ct.FLOW, _decode_flow.slow, derive=prepare)
+            self._decode_flow = LayoutDecoder(ct.FLOW, _decode_flow.slow, derive=prepare)
         self.decode_errors = DecodeErrors()
         self.stats = EventStats()
         self.muted: set[int] = muted if muted is not None else set()
@@ -348,8 +348,7 @@ class EventStream:
         append = out.append
         flow_stats, exp_stats = self.stats.flows, self.stats.expects
         muted = self.muted
-        prepared = self._prepared
-        prep: Prepared | None = None
+        decode_flow = self._decode_flow
         for data in datagrams:
             off, end = 0, len(data)
             while off + 16 <= end:
@@ -371,17 +370,15 @@ class EventStream:
                                 )
                             kind = _KINDS[mtype & 0xFF, flags & _CREATE_FLAGS]
                             start = off + 20
-                            if subsys != _CT:
-                                obj: Flow | Expectation = _decode_expect(data, start, off + length)
-                                prep = None
-                                exp_stats[kind] += 1
-                            elif prepared is None:
-                                obj = _decode_flow(data, start, off + length)
+                            if subsys == _CT:
+                                obj: Flow | Expectation | Prepared = decode_flow(
+                                    data, start, off + length
+                                )
                                 flow_stats[kind] += 1
                             else:
-                                obj, prep = prepared(data, start, off + length)
-                                flow_stats[kind] += 1
-                            append(_new(Event, (kind, obj, pid, prep)))  # (faster than Event())
+                                obj = _decode_expect(data, start, off + length)
+                                exp_stats[kind] += 1
+                            append(_new(Event, (kind, obj, pid)))  # (faster than Event())
                         except DecodeError as exc:
                             self.decode_errors.add(exc)
                 off += (length + 3) & ~3

@@ -183,7 +183,7 @@ class KernelMirror:
         assert self.conntrack is not None
         masters = {
             (obj.master, obj.zone)
-            for kind, obj, port, _ in batch
+            for kind, obj, port in batch
             if kind == EventKind.NEW and not port and type(obj) is Expectation
         }
         changes: list[Change] = []

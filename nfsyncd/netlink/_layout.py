@@ -19,8 +19,9 @@ with its usual attribute path.  Layouts with a repeated attribute or a part the 
 cannot build are simply not learned.
 
 A learned layout also says where each value sits (:attr:`Layout.paths`), so that a hot
-consumer can have more made straight from the values than the decoded object
-(``LayoutDecoder(derive=...)``; the sender's fast path in :mod:`nfsyncd.sync.sendpath`).
+consumer can have its own function generated per layout, which makes what it needs
+straight from the values (``LayoutDecoder(derive=...)``; the sender's fast path in
+:mod:`nfsyncd.sync.sendpath`).
 """
 
 from __future__ import annotations
@@ -244,8 +245,8 @@ class Layout:
         return fn
 
 
-#: what a derived decoder makes of a layout: a ``fn(buf, start) -> (object, extra)``
-Derive = Callable[[Layout], Callable[[bytes, int], tuple[Any, Any]]]
+#: what a derived decoder makes of a layout: the ``fn(buf, start)`` that decodes its messages
+Derive = Callable[[Layout], Callable[[bytes, int], Any]]
 
 
 def learn(schema: Schema, buf: bytes, start: int, end: int) -> Layout | None:
@@ -262,9 +263,9 @@ class LayoutDecoder:
     """A schema decoder that learns message layouts (see the module doc); called like the
     schema decoder it wraps, and returns equal values.
 
-    With ``derive``, each learned layout's decoder is the function ``derive`` makes of
-    it, and every call returns ``(value, extra)``: what that function returns, or
-    ``(value, None)`` for a message of no learned layout."""
+    With ``derive``, a message of a learned layout decodes through the function
+    ``derive`` made of the layout instead (which may return something else than the
+    schema's value); messages of no learned layout still decode through the schema."""
 
     def __init__(
         self,
@@ -297,7 +298,7 @@ class LayoutDecoder:
         obj = self.slow(buf, start, end)
         if self.learned < self.max_layouts:
             self._learn(buf, start, end)
-        return obj if self.derive is None else (obj, None)
+        return obj
 
     def _learn(self, buf: bytes, start: int, end: int) -> None:
         # a layout that cannot be learned uses up an attempt too, or each of its messages

@@ -18,6 +18,7 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, ClassVar, Final, TypeAlias
 
+from .._prepared import Prepared
 from .._record import flow_key
 from ..model import Expectation, Flow
 from .wire import SEQ_MASK, Encoder, Message, NetworkStats, SeqCounter
@@ -39,7 +40,8 @@ __all__ = [
     "object_key",
 ]
 
-Obj: TypeAlias = Flow | Expectation
+#: what a change is about (a flow may come as the sender's fast path prepared it)
+Obj: TypeAlias = Flow | Expectation | Prepared
 #: the caches' keys: a flow's :func:`~nfsyncd._record.flow_key` (``("ct", orig, zone)`` for a
 #: flow that has none: it cannot be encoded either), ``("exp", tuple, zone or 0)`` for an
 #: expectation
@@ -70,6 +72,8 @@ _BAD_VALUE: Final = (ValueError, TypeError, OverflowError, struct.error)
 
 def object_key(obj: Obj) -> Key:
     """The identity a change coalesces on (the same as the caches' keys)."""
+    if isinstance(obj, Prepared):
+        return obj.key
     if isinstance(obj, Flow):
         try:
             return flow_key(obj.orig, obj.zone)

@@ -14,6 +14,7 @@ import heapq
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, ClassVar
 
+from .._prepared import Prepared
 from ._mode import Key, Obj, SyncMode
 from .wire import Message
 
@@ -104,6 +105,8 @@ class AlarmMode(SyncMode):
             key = top[2]
             _, obj, updated = timers[key]
             current = obj if lookup is None else lookup(obj)
+            if type(current) is Prepared:
+                current = current.flow()
             if current is None:
                 del timers[key]
                 continue

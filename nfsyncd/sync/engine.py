@@ -22,6 +22,8 @@ from typing import Any
 
 import trio
 
+from .._prepared import Prepared
+from .._record import unpack_key
 from ..cache import Change, InternalCache, Origin
 from ..commit import CommitResult, commit, flush_kernel
 from ..config import Config, SyncConfig
@@ -249,8 +251,11 @@ class SyncEngine:
         self._retime()
         return True
 
-    def _lookup(self, obj: Flow | Expectation) -> Flow | Expectation | None:
+    def _lookup(self, obj: Flow | Expectation | Prepared) -> Flow | Expectation | None:
         """The current state of a cached object (ALARM refreshes re-read it)."""
+        if isinstance(obj, Prepared):
+            orig, zone = unpack_key(obj.key)
+            return self.cache.get_flow(orig, zone)
         if isinstance(obj, Flow):
             return self.cache.get_flow(obj.orig, obj.zone)
         return self.cache.get_expect(obj.tuple, obj.zone)

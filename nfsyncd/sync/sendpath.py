@@ -12,15 +12,16 @@ results are a few ``struct`` packs of those variables.
 
 The generated function checks the values the shape depends on (TCP, a reply tuple that
 is the plain inverse of the original - no NAT -, zero zone, secmark and synproxy) and
-returns ``(flow, Prepared)``, or ``(flow, None)`` when a check fails; the flow is decoded
-either way, so every other consumer is unchanged.  Only layouts whose fields the shape
-covers get the prepared part (no helper, labels, master, sequence adjustment, ICMP or
-tuple zone; the event has a status, timeout, mark and complete TCP protoinfo), and only
-for an encoder that writes the start of a TCP message in one pack (no CommitTimeout, no
-TCP window tracking).  The payload's tail after that start is taken from the encoder
-itself, for a flow of the layout with the checked values, so the peer version's choices
-(synproxy and zone attributes) are the encoder's.  Each derived function is checked
-against the general path on the message its layout was learned from.
+returns a :class:`~nfsyncd._prepared.Prepared` without building the ``Flow`` at all (its
+``flow()`` decodes it when a consumer needs more), or the decoded ``Flow`` when a check
+fails.  Only layouts whose fields the shape covers get this (no helper, labels, master,
+sequence adjustment, ICMP or tuple zone; the event has a status, timeout, mark and
+complete TCP protoinfo), and only for an encoder that writes the start of a TCP message
+in one pack (no CommitTimeout, no TCP window tracking).  The payload's tail after that
+start is taken from the encoder itself, for a flow of the layout with the checked
+values, so the peer version's choices (synproxy and zone attributes) are the encoder's.
+Each derived function is checked against the general path on the message its layout was
+learned from.
 
 tests/unit/test_sendpath.py compares the prepared artefacts with the general path's on
 random flows of every shape.
@@ -43,13 +44,14 @@ from .._record import (
     TCP_FULL_HDR,
     flow_key,
     pack_canonical,
+    present_mask,
 )
 from ..model import IPPROTO_TCP, Flow, Synproxy, TcpInfo
 from ..netlink import ctnetlink as ct
 from ..netlink._layout import Layout, LayoutDecoder, Path
 from .attrs import TCP_HEADS, AttrEncoder
 
-__all__ = ["SendPath"]
+__all__ = ["SendPath", "prepare"]
 
 _TUPLE: Final = ("src", "dst", "proto", "sport", "dport")
 _TCP: Final[tuple[Path, ...]] = (
@@ -70,7 +72,7 @@ _KERNEL_OWNED: Final = frozenset(
 )
 _ZERO_SYNPROXY: Final = Synproxy(0, 0, 0)
 
-Decode = Callable[[bytes, int], tuple[Flow, Prepared | None]]
+Decode = Callable[[bytes, int], Flow | Prepared]
 
 
 class SendPath:
@@ -85,19 +87,20 @@ class SendPath:
         self.mismatches = 0
 
     def decoder(self) -> LayoutDecoder:
-        """A ctnetlink flow decoder returning ``(flow, Prepared | None)``."""
+        """A ctnetlink flow decoder that returns a ``Prepared`` where it can, else the
+        ``Flow``."""
         slow = ct.FLOW.decoder().slow  # type: ignore[attr-defined]
         return LayoutDecoder(ct.FLOW, slow, derive=self.derive)
 
     def derive(self, layout: Layout) -> Decode:
-        plain: Decode = layout.function("_plain", f"return {layout.build}, None")
+        plain: Decode = layout.decode
         body = self._plan(layout)
         if body is None:
             return plain
         constants = self._constants(layout)
         if constants is None:
             return plain
-        fast: Decode = layout.function("_prepared", body, **constants)
+        fast: Decode = layout.function("_prepared", body, _decode=plain, **constants)
         if not self._agrees(fast, layout.sample):
             self.mismatches += 1
             return plain
@@ -143,9 +146,9 @@ class SendPath:
             f"{rdport} == {sport}",
             *(f"not {paths[p]}" for p in sorted(zeros, key=str)),
         ]
+        state = v[_TCP[0]]
         return "\n".join(
             [
-                f"flow = {layout.build}",
                 f"if {' and '.join(checks)}:",
                 f"    key = _key(_first, {src}, {dst}, {proto}, {sport}, {dport})",
                 f"    if {mark}:",
@@ -153,9 +156,10 @@ class SendPath:
                 "    else:",
                 f"        body = _unmarked(_COMMON, {status}, _NO_MARK, _TCP_HDR, {tcp})",
                 f"    payload = _head({src}, {dst}, {status}, {sport}, {dport}, "
-                f"{v[_TCP[0]]}, {timeout}, {mark}) + _tail",
-                f"    return flow, _new(_Prepared, (key, {timeout}, body, payload))",
-                "return flow, None",
+                f"{state}, {timeout}, {mark}) + _tail",
+                f"    return _new(_Prepared, (key, {timeout}, body, payload, _PRESENT, "
+                f"{src}, {dst}, {state}, buf, start, _decode))",
+                f"return {layout.build}",
             ]
         )
 
@@ -163,10 +167,12 @@ class SendPath:
         size = _address_size(layout)
         first, pack_key = PORT_KEYS[size == 16]
         head = TCP_HEADS[size]
-        tail = self._tail(layout, head)
+        template = self._template(layout)
+        tail = self._tail(template, head)
         if tail is None:
             return None
         return {
+            "_PRESENT": present_mask(template),
             "_Prepared": Prepared,
             "_new": tuple.__new__,
             "_key": pack_key,
@@ -181,49 +187,59 @@ class SendPath:
             "_tail": tail,
         }
 
-    def _tail(self, layout: Layout, head: Callable[..., bytes]) -> bytes | None:
-        """What the encoder writes after the TCP head for a flow of this layout that
-        passes the checks (its synproxy and zone attributes, as the peer version wants);
-        None if the encoder does not start with that head after all."""
+    @staticmethod
+    def _template(layout: Layout) -> Flow:
+        """A flow of this layout that passes the checks (the learned one, made to)."""
         flow: Flow = layout.decode(layout.sample, 0)
         orig = flow.orig._replace(proto=IPPROTO_TCP)
-        flow = flow._replace(
+        return flow._replace(
             orig=orig,
             reply=orig.inverted(),
             zone=None if flow.zone is None else 0,
             secmark=None if flow.secmark is None else 0,
             synproxy=None if flow.synproxy is None else _ZERO_SYNPROXY,
         )
+
+    def _tail(self, flow: Flow, head: Callable[..., bytes]) -> bytes | None:
+        """What the encoder writes after the TCP head for ``flow`` (its synproxy and zone
+        attributes, as the peer version wants); None if it does not start with that head
+        after all."""
+        orig, info = flow.orig, flow.protoinfo
         assert flow.status is not None and flow.timeout is not None and flow.mark is not None
-        assert isinstance(flow.protoinfo, TcpInfo) and flow.protoinfo.state is not None
+        assert isinstance(info, TcpInfo) and info.state is not None
         assert orig.sport is not None and orig.dport is not None
-        start = head(
-            orig.src,
-            orig.dst,
-            flow.status,
-            orig.sport,
-            orig.dport,
-            flow.protoinfo.state,
-            flow.timeout,
-            flow.mark,
-        )
+        args = (orig.sport, orig.dport, info.state, flow.timeout, flow.mark)
+        start = head(orig.src, orig.dst, flow.status, *args)
         full = self.encoder.flow(flow)
         return full[len(start) :] if full.startswith(start) else None
 
     def _agrees(self, fast: Decode, sample: bytes) -> bool:
         """Whether ``fast`` makes of ``sample`` what the general path does."""
-        flow, prep = fast(sample, 0)
+        got = fast(sample, 0)
+        flow = got.flow() if isinstance(got, Prepared) else got
         if flow != ct.FLOW.decoder().slow(sample, 0, len(sample)):  # type: ignore[attr-defined]
             return False
-        if prep is None:
-            return True  # (the sample did not pass the checks: nothing to compare)
-        record = pack_canonical(flow, 0, 0)
-        return prep == (
-            flow_key(flow.orig, flow.zone),
-            flow.timeout,
-            record[BODY_OFFSET:],
-            self.encoder.flow(flow),
-        )
+        return type(got) is not Prepared or got == prepare(flow, self.encoder, got)
+
+
+def prepare(flow: Flow, encoder: AttrEncoder, source: Prepared) -> Prepared:
+    """What the general path makes of ``flow`` in a ``Prepared``'s shape (the buffer,
+    offset and decoder taken from ``source``): the reference the fast path must equal."""
+    assert flow.timeout is not None and isinstance(flow.protoinfo, TcpInfo)
+    assert flow.protoinfo.state is not None
+    return Prepared(
+        flow_key(flow.orig, flow.zone),
+        flow.timeout,
+        pack_canonical(flow, 0, 0)[BODY_OFFSET:],
+        encoder.flow(flow),
+        present_mask(flow),
+        flow.orig.src,
+        flow.orig.dst,
+        flow.protoinfo.state,
+        source.buf,
+        source.start,
+        source.decode,
+    )
 
 
 _SIDES: Final = ("orig", "reply")

@@ -2,12 +2,13 @@
 
 A kernel flow event of a learned layout decodes through a generated function that also
 packs the flow's cache key, record and sync payload from the unpacked values.  The tests
-are differential: whatever the values, the flow must equal the schema decoder's, and a
-prepared part must be byte-equal to ``flow_key``, ``pack_canonical`` and ``Encoder.flow``
-of that flow; flows of the shape must get one, flows outside it (NAT, a non-zero zone or
-synproxy, another protocol in the same layout) must not.  Then whole event streams go
-through the internal cache and a sync mode with and without the fast path, and the cache
-tables, changes and wire messages must be the same.
+are differential: whatever the values, the flow (decoded, or ``Prepared.flow()``) must
+equal the schema decoder's, and a ``Prepared`` must be byte-equal to ``flow_key``,
+``pack_canonical`` and ``Encoder.flow`` of that flow; flows of the shape must get one,
+flows outside it (NAT, a non-zero zone or synproxy, another protocol in the same layout)
+must not.  Then whole event streams go through the filter, the internal cache and a sync
+mode with and without the fast path, and the cache tables, changes and wire messages must
+be the same.
 """
 
 from __future__ import annotations
@@ -17,18 +18,18 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nfsyncd import _record
 from nfsyncd._config_types import SyncConfig
 from nfsyncd._prepared import Prepared
 from nfsyncd.cache import InternalCache
+from nfsyncd.filter import Filter
 from nfsyncd.kernel import EventStream
-from nfsyncd.model import IPPROTO_TCP, Flow, Synproxy, TcpFlags, TcpInfo, Tuple
+from nfsyncd.model import IPPROTO_TCP, Flow, SeqAdj, Synproxy, TcpFlags, TcpInfo, Tuple
 from nfsyncd.netlink import NetlinkSocket
 from nfsyncd.netlink import ctnetlink as ct
 from nfsyncd.netlink._socket import NLM_F_CREATE, NLM_F_EXCL
 from nfsyncd.sync.modes import make_mode
-from nfsyncd.sync.sendpath import SendPath
-from nfsyncd.sync.wire import Encoder
+from nfsyncd.sync.sendpath import SendPath, prepare
+from nfsyncd.sync.wire import Encoder, SeqCounter
 from tests.unit.fake_kernel import message
 from tests.unit.test_codec import addr4, addr6, kernel_flow_bytes, u8, u16, u32
 from tests.unit.test_codec import flows as any_flows
@@ -64,22 +65,26 @@ def plain_tcp_flows(draw: st.DrawFn) -> Flow:
     )
 
 
-def general(flow: Flow, encoder: Encoder) -> Prepared:
-    """What the general path makes of ``flow``."""
-    record = _record.pack_canonical(flow, 0, 0)
-    return Prepared(
-        _record.flow_key(flow.orig, flow.zone),
-        flow.timeout or 0,
-        record[_record.BODY_OFFSET :],
-        encoder.flow(flow),
-    )
+def decoded(got: Flow | Prepared) -> Flow:
+    return got.flow() if isinstance(got, Prepared) else got
+
+
+def check(got: Flow | Prepared, payload: bytes, encoder: Encoder) -> bool:
+    """``got`` decodes as the schema does and, if prepared, as the general path would;
+    whether it was prepared."""
+    flow = decoded(got)
+    assert flow == ct.FLOW.decode(payload, 0, len(payload))
+    if isinstance(got, Prepared):
+        assert got == prepare(flow, encoder, got)
+        return True
+    return False
 
 
 def learned(path: SendPath, payload: bytes) -> Any:
-    """A decoder of ``path`` that has learned ``payload``'s layout (returned with it)."""
+    """A decoder of ``path`` that has learned ``payload``'s layout."""
     decoder = path.decoder()
     first = decoder(payload, 0, len(payload))  # the schema decodes it and learns
-    assert first[1] is None
+    assert type(first) is Flow
     return decoder
 
 
@@ -98,9 +103,7 @@ def test_a_plain_tcp_flow_is_prepared_as_the_general_path_would(
     payload = kernel_flow_bytes(flow)[4:]
     decoder = learned(path, payload)
     assert path.prepared_layouts == 1 and path.mismatches == 0
-    got, prep = decoder(payload, 0, len(payload))
-    assert got == ct.FLOW.decode(payload, 0, len(payload))
-    assert prep == general(got, encoder)
+    assert check(decoder(payload, 0, len(payload)), payload, encoder)
     # another flow with the same attribute headers: the same function, other values
     if len(other.orig.src) == len(flow.orig.src):
         same = ("zone", "synproxy", "secmark", "id", "use")  # present as in ``flow``
@@ -110,9 +113,7 @@ def test_a_plain_tcp_flow_is_prepared_as_the_general_path_would(
         if other.synproxy is not None:
             other = other._replace(synproxy=Synproxy(0, 0, 0))
         again = kernel_flow_bytes(other)[4:]
-        got, prep = decoder(again, 0, len(again))
-        assert got == other
-        assert prep == general(other, encoder)
+        assert check(decoder(again, 0, len(again)), again, encoder)
 
 
 @SETTINGS
@@ -127,10 +128,7 @@ def test_values_outside_the_shape_are_not_prepared(flow: Flow, seed: int) -> Non
     decoder = learned(path, payload)
     layout = next(iter(decoder._by_size.values()))[0]
     other = _scramble(payload, layout.mask, seed)
-    got, prep = decoder(other, 0, len(other))
-    assert got == ct.FLOW.decode(other, 0, len(other))
-    if prep is not None:
-        assert prep == general(got, encoder)
+    check(decoder(other, 0, len(other)), other, encoder)
 
 
 def test_each_check_of_the_shape_can_fail() -> None:
@@ -162,12 +160,10 @@ def test_each_check_of_the_shape_can_fail() -> None:
     path = SendPath(encoder)
     payload = kernel_flow_bytes(base)[4:]
     decoder = learned(path, payload)
-    assert decoder(payload, 0, len(payload))[1] == general(base, encoder)
+    assert check(decoder(payload, 0, len(payload)), payload, encoder)
     for name, flow in outside.items():
         data = kernel_flow_bytes(flow)[4:]
-        got, prep = decoder(data, 0, len(data))
-        assert got == ct.FLOW.decode(data, 0, len(data)), name
-        assert prep is None, name
+        assert not check(decoder(data, 0, len(data)), data, encoder), name
     assert decoder.hits == 1 + len(outside)  # all of them the learned layout
 
 
@@ -181,10 +177,7 @@ def test_any_kernel_flow_decodes_as_before(flow: Flow) -> None:
     payload = kernel_flow_bytes(flow)[4:]
     decoder = path.decoder()
     for _ in range(2):
-        got, prep = decoder(payload, 0, len(payload))
-        assert got == ct.FLOW.decode(payload, 0, len(payload))
-        if prep is not None:
-            assert prep == general(got, encoder)
+        check(decoder(payload, 0, len(payload)), payload, encoder)
     assert path.mismatches == 0
 
 
@@ -204,7 +197,7 @@ def test_encoders_without_a_one_pack_tcp_head_prepare_nothing() -> None:
     for encoder in (Encoder(tcp_window_tracking=True), Encoder(send_timeout=False)):
         path = SendPath(encoder)
         decoder = learned(path, payload)
-        assert decoder(payload, 0, len(payload)) == (flow, None)
+        assert decoder(payload, 0, len(payload)) == flow
         assert path.prepared_layouts == 0
 
 
@@ -224,15 +217,25 @@ def _events(flows: list[Flow], kinds: list[int]) -> bytes:
     return b"".join(out)
 
 
-def _run(datagram: bytes, *, prepared: bool) -> tuple[Any, ...]:
+#: the lab's kind of filter (the sync link's own addresses) and a TCP state rule that drops
+#: half of the strategies' random states (the burst below is in state 3, ESTABLISHED)
+FILTER = Filter(
+    address=("ignore", ["127.0.0.1", "198.18.0.1", "::1"]),
+    tcp_state=("ignore", range(0, 256, 2)),
+)
+
+
+def _run(datagram: bytes, *, prepared: bool, filter: Filter | None = None) -> tuple[Any, ...]:
     encoder = Encoder((1, 4, 7))
     path = SendPath(encoder)
     stream = EventStream(
         nl=NetlinkSocket(sock=ScriptedSocket([])), prepare=path.derive if prepared else None
     )
     ticks = iter(range(1000))
-    cache = InternalCache(clock=lambda: float(next(ticks)))  # entries of each batch get a date
-    mode = make_mode(SyncConfig(mode="ftfw", links=()), encoder, clock=lambda: 5.0)
+    # entries of each batch get another date
+    cache = InternalCache(filter, clock=lambda: float(next(ticks)))
+    config = SyncConfig(mode="ftfw", links=())
+    mode = make_mode(config, encoder, clock=lambda: 5.0, seq=SeqCounter(1))  # (not time())
     with stream:
         events = stream.decode_datagram(datagram)
     changes = []
@@ -240,14 +243,29 @@ def _run(datagram: bytes, *, prepared: bool) -> tuple[Any, ...]:
         changes += cache.apply_events(events[i : i + 7])
     mode.queue(changes)
     wire = mode.output()
-    used = sum(e.prep is not None for e in events)
+    used = sum(isinstance(e.obj, Prepared) for e in events)
     return (
         dict(cache._flows),
-        [(c.kind, c.obj, c.key) for c in changes],
+        [(c.kind, decoded(c.obj), c.key) for c in changes],  # type: ignore[arg-type]
         wire,
         cache.stats_dict(),
         used,
     )
+
+
+#: the addresses of the few flows the stream tests use, by family
+_HOSTS = {4: (bytes([198, 18, 1, 1]), bytes([198, 18, 250, 1])), 16: (bytes(15) + b"\1", bytes(16))}
+
+
+def _one_of_a_few(flow: Flow, which: int) -> Flow:
+    """``flow`` moved onto one of a few original tuples (per family and protocol), so that
+    a stream's events hit the same cache entries again; the reply stays the plain inverse
+    if there is one (and any NAT the strategy drew is dropped)."""
+    src, dst = _HOSTS[len(flow.orig.src)]
+    orig = flow.orig._replace(src=src, dst=dst)
+    if orig.sport is not None:
+        orig = orig._replace(sport=which, dport=80)
+    return flow._replace(orig=orig, reply=None if flow.reply is None else orig.inverted())
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -264,13 +282,13 @@ def test_the_cache_and_the_wire_are_the_same_with_the_fast_path(
     """NEW, UPDATE and DESTROY events of a few flows (the same original tuple again and
     again, so updates replace, merge and delete): the fast path changes nothing the cache
     stores, reports or sends."""
-    flows = [f._replace(orig=f.orig._replace(sport=which)) for f, _, which in rows]
-    flows = [f._replace(reply=f.orig.inverted()) if f.reply is not None else f for f in flows]
+    flows = [_one_of_a_few(f, which) for f, _, which in rows]
     datagram = _events(flows, [kind for _, kind, _ in rows])
-    with_fast = _run(datagram, prepared=True)
-    without = _run(datagram, prepared=False)
-    assert with_fast[:4] == without[:4]
-    assert without[4] == 0
+    for filter in (None, FILTER):
+        with_fast = _run(datagram, prepared=True, filter=filter)
+        without = _run(datagram, prepared=False, filter=filter)
+        assert with_fast[:4] == without[:4]
+        assert without[4] == 0
 
 
 def test_a_burst_of_new_flows_takes_the_fast_path() -> None:
@@ -292,8 +310,22 @@ def test_a_burst_of_new_flows_takes_the_fast_path() -> None:
             )
         )
     datagram = _events(flows, [0] * 50) + _events(flows[:10], [1] * 10)
-    with_fast = _run(datagram, prepared=True)
-    without = _run(datagram, prepared=False)
+    with_fast = _run(datagram, prepared=True, filter=FILTER)
+    without = _run(datagram, prepared=False, filter=FILTER)
     assert with_fast[:4] == without[:4]
     assert with_fast[4] == 59
     assert with_fast[3]["created"] == 50 and with_fast[3]["updated"] == 10
+    # a cached flow with more than a prepared event has (a helper, a master, sequence
+    # adjustments): the event is merged into it, not stored over it
+    master = flows[1].orig._replace(dport=21)
+    rich = flows[0]._replace(helper="ftp", master=master, seqadj_orig=SeqAdj(1, 2, 3))
+    merge = _events([flows[5], rich, flows[0]], [0, 0, 1])  # (flows[5]: learned)
+    with_fast = _run(merge, prepared=True, filter=FILTER)
+    assert with_fast[:4] == _run(merge, prepared=False, filter=FILTER)[:4]
+    assert with_fast[4] == 1
+    [kept] = [obj for _, obj, key in with_fast[1][2:]]
+    assert (kept.helper, kept.master, kept.seqadj_orig) == ("ftp", master, SeqAdj(1, 2, 3))
+    # the filter judges prepared events too: the server's address is ignored
+    ignored = Filter(address=("ignore", ["198.18.250.1"]))
+    with_fast = _run(datagram, prepared=True, filter=ignored)
+    assert with_fast[4] == 59 and with_fast[0] == {} and with_fast[3]["filtered"] == 60
