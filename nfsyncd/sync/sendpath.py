@@ -81,8 +81,8 @@ class SendPath:
 
     def __init__(self, encoder: AttrEncoder) -> None:
         self.encoder = encoder
-        #: layouts that got a prepared part; layouts whose check against the general path
-        #: failed (a bug: they decode without one)
+        #: layouts that got a fast path; layouts whose fast path disagreed with the
+        #: general path on the message it was learned from (a bug: they decode as before)
         self.prepared_layouts = 0
         self.mismatches = 0
 
@@ -93,6 +93,7 @@ class SendPath:
         return LayoutDecoder(ct.FLOW, slow, derive=self.derive)
 
     def derive(self, layout: Layout) -> Decode:
+        """The decoder of ``layout``'s messages: the fast path, or the layout's own."""
         plain: Decode = layout.decode
         body = self._plan(layout)
         if body is None:
