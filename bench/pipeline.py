@@ -4,8 +4,9 @@ The sync benchmark (bench/sync.py) gives each daemon's CPU per replicated flow; 
 splits it.  In a throwaway namespace it creates N flows through ctnetlink and then sets
 the mark of each (an update storm), keeping the raw event datagrams the kernel sent.  Then,
 in this process and with the daemon's GC settings, it replays them through the sender's
-stages in batches of 100 events (as the daemon reads them): the event decoder, the
-internal cache, the FTFW mode's queue and output (encoding), datagram packing; and the
+stages in batches of 100 events (as the daemon reads them): the event decoder (with the
+sender's fast path, as the daemon has it: most events come out with key, record and
+payload made), the internal cache, the FTFW mode's queue and output, datagram packing; and the
 datagrams that produced through the receiver's: wire decoding, the FTFW mode, the external
 cache.  The socket calls around them are measured too: one netlink ``recv`` per event and
 one UDP ``sendto`` per datagram over a veth pair to a second namespace, as on the lab's

@@ -329,3 +329,43 @@ def test_a_burst_of_new_flows_takes_the_fast_path() -> None:
     ignored = Filter(address=("ignore", ["198.18.250.1"]))
     with_fast = _run(datagram, prepared=True, filter=ignored)
     assert with_fast[4] == 59 and with_fast[0] == {} and with_fast[3]["filtered"] == 60
+
+
+def test_alarm_refreshes_a_prepared_flow_as_the_flow() -> None:
+    """ALARM keeps what it was given for its refresh; for a prepared event that is the
+    ``Prepared``, which a refresh without a lookup sends as its decoded flow: the same
+    payload the first send had."""
+    orig = Tuple(bytes([198, 18, 1, 1]), bytes([198, 18, 250, 1]), IPPROTO_TCP, 1025, 80)
+    flows = [
+        Flow(
+            orig._replace(sport=orig.sport + i),  # type: ignore[operator]
+            orig._replace(sport=orig.sport + i).inverted(),  # type: ignore[operator]
+            status=14,
+            timeout=600,
+            mark=3,
+            protoinfo=TcpInfo(3, 7, 7, TcpFlags(35, 35), TcpFlags(35, 35)),
+        )
+        for i in range(2)
+    ]
+    encoder = Encoder()
+    stream = EventStream(
+        nl=NetlinkSocket(sock=ScriptedSocket([])), prepare=SendPath(encoder).derive
+    )
+    with stream:
+        events = stream.decode_datagram(_events(flows, [0, 0]))
+    assert isinstance(events[1].obj, Prepared)  # (the first one taught the layout)
+    now = [0.0]
+    mode = make_mode(
+        SyncConfig(mode="alarm", links=(), refresh_time=2),
+        encoder,
+        clock=lambda: now[0],
+        seq=SeqCounter(1),
+    )
+    mode.queue(InternalCache().apply_events(events))
+    first = mode.output()
+    now[0] = 10.0
+    mode.tick()
+    refreshed = mode.output()
+    # the same payloads after the 8-byte header (in the order of their random due times)
+    assert sorted(m[8:] for m in refreshed) == sorted(m[8:] for m in first)
+    assert sorted(m[8:] for m in first) == sorted(encoder.flow(f) for f in flows)
