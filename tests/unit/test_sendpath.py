@@ -88,6 +88,20 @@ def learned(path: SendPath, payload: bytes) -> Any:
     return decoder
 
 
+def tcp_flow(sport: int, **fields: Any) -> Flow:
+    """An established TCP flow from 198.18.1.1 to 198.18.250.1:80, no NAT, zero mark."""
+    orig = Tuple(bytes([198, 18, 1, 1]), bytes([198, 18, 250, 1]), IPPROTO_TCP, sport, 80)
+    flow = Flow(
+        orig,
+        orig.inverted(),
+        status=14,
+        timeout=600,
+        mark=0,
+        protoinfo=TcpInfo(3, 7, 7, TcpFlags(35, 35), TcpFlags(35, 35)),
+    )
+    return flow._replace(**fields)
+
+
 # --- one message ------------------------------------------------------------------------
 
 
@@ -133,18 +147,8 @@ def test_values_outside_the_shape_are_not_prepared(flow: Flow, seed: int) -> Non
 
 def test_each_check_of_the_shape_can_fail() -> None:
     """One value out of the shape at a time: no prepared part (but the same flow)."""
-    orig = Tuple(bytes([198, 18, 0, 1]), bytes([198, 19, 0, 1]), IPPROTO_TCP, 1025, 80)
-    base = Flow(
-        orig,
-        orig.inverted(),
-        status=14,
-        timeout=600,
-        mark=0,
-        zone=0,
-        protoinfo=TcpInfo(3, 7, 7, TcpFlags(35, 35), TcpFlags(35, 35)),
-        synproxy=Synproxy(0, 0, 0),
-        secmark=0,
-    )
+    base = tcp_flow(1025, zone=0, synproxy=Synproxy(0, 0, 0), secmark=0)
+    orig = base.orig
     outside = {
         "SNAT": base._replace(reply=base.reply._replace(dst=bytes([198, 19, 9, 9]))),  # type: ignore[union-attr]
         "DNAT": base._replace(reply=base.reply._replace(src=bytes([198, 19, 9, 9]))),  # type: ignore[union-attr]
@@ -184,15 +188,7 @@ def test_any_kernel_flow_decodes_as_before(flow: Flow) -> None:
 def test_encoders_without_a_one_pack_tcp_head_prepare_nothing() -> None:
     """TCP window tracking puts the window scales inside the head, a CommitTimeout leaves
     NTA_TIMEOUT out: the payload is not the one-pack head there, so no layout is prepared."""
-    orig = Tuple(bytes(4), bytes([1, 2, 3, 4]), IPPROTO_TCP, 1, 2)
-    flow = Flow(
-        orig,
-        orig.inverted(),
-        status=14,
-        timeout=60,
-        mark=0,
-        protoinfo=TcpInfo(3, 7, 7, TcpFlags(35, 35), TcpFlags(35, 35)),
-    )
+    flow = tcp_flow(1)
     payload = kernel_flow_bytes(flow)[4:]
     for encoder in (Encoder(tcp_window_tracking=True), Encoder(send_timeout=False)):
         path = SendPath(encoder)
@@ -294,21 +290,11 @@ def test_the_cache_and_the_wire_are_the_same_with_the_fast_path(
 def test_a_burst_of_new_flows_takes_the_fast_path() -> None:
     """The benchmark's shape (a burst of new TCP flows, one layout): every event after the
     first is prepared, and the cache, changes and wire equal the general path's."""
-    flows = []
-    for i in range(50):
-        orig = Tuple(bytes([198, 18, 1, i]), bytes([198, 18, 250, 1]), IPPROTO_TCP, 1024 + i, 80)
-        flows.append(
-            Flow(
-                orig,
-                orig.inverted(),
-                status=14,
-                timeout=600,
-                mark=i % 2,
-                protoinfo=TcpInfo(3, 0, 0, TcpFlags(0, 0), TcpFlags(0, 0)),
-                synproxy=Synproxy(0, 0, 0),
-                id=i,
-            )
-        )
+    info = TcpInfo(3, 0, 0, TcpFlags(0, 0), TcpFlags(0, 0))
+    flows = [
+        tcp_flow(1024 + i, mark=i % 2, protoinfo=info, synproxy=Synproxy(0, 0, 0), id=i)
+        for i in range(50)
+    ]
     datagram = _events(flows, [0] * 50) + _events(flows[:10], [1] * 10)
     with_fast = _run(datagram, prepared=True, filter=FILTER)
     without = _run(datagram, prepared=False, filter=FILTER)
@@ -335,18 +321,7 @@ def test_alarm_refreshes_a_prepared_flow_as_the_flow() -> None:
     """ALARM keeps what it was given for its refresh; for a prepared event that is the
     ``Prepared``, which a refresh without a lookup sends as its decoded flow: the same
     payload the first send had."""
-    orig = Tuple(bytes([198, 18, 1, 1]), bytes([198, 18, 250, 1]), IPPROTO_TCP, 1025, 80)
-    flows = [
-        Flow(
-            orig._replace(sport=orig.sport + i),  # type: ignore[operator]
-            orig._replace(sport=orig.sport + i).inverted(),  # type: ignore[operator]
-            status=14,
-            timeout=600,
-            mark=3,
-            protoinfo=TcpInfo(3, 7, 7, TcpFlags(35, 35), TcpFlags(35, 35)),
-        )
-        for i in range(2)
-    ]
+    flows = [tcp_flow(1025 + i, mark=3) for i in range(2)]
     encoder = Encoder()
     stream = EventStream(
         nl=NetlinkSocket(sock=ScriptedSocket([])), prepare=SendPath(encoder).derive
