@@ -44,6 +44,7 @@ __all__ = [
     "EventStats",
     "EventStream",
     "Overrun",
+    "flow_decoder",
 ]
 
 FLOW_EVENT_GROUPS: Final = (ct.GROUP_CT_NEW, ct.GROUP_CT_UPDATE, ct.GROUP_CT_DESTROY)
@@ -283,9 +284,7 @@ class EventStream:
         prepare: Derive | None = None,
     ) -> None:
         self._nl = nl if nl is not None else NetlinkSocket(groups=groups, rcvbuf=rcvbuf)
-        self._decode_flow = _decode_flow
-        if prepare is not None:
-            self._decode_flow = LayoutDecoder(ct.FLOW, _decode_flow.slow, derive=prepare)
+        self._decode_flow = flow_decoder(prepare)
         self.decode_errors = DecodeErrors()
         self.stats = EventStats()
         self.muted: set[int] = muted if muted is not None else set()
@@ -383,6 +382,14 @@ class EventStream:
                             self.decode_errors.add(exc)
                 off += (length + 3) & ~3
         return out
+
+
+def flow_decoder(derive: Derive | None = None) -> LayoutDecoder:
+    """The ctnetlink flow decoder: the process's shared one, or with ``derive`` one of its
+    own whose layouts decode through what ``derive`` makes of them."""
+    if derive is None:
+        return _decode_flow
+    return LayoutDecoder(ct.FLOW, _decode_flow.slow, derive=derive)
 
 
 _unpack_nlmsghdr = struct.Struct("=IHHII").unpack_from

@@ -46,8 +46,8 @@ from .._record import (
     pack_canonical,
     present_mask,
 )
+from ..kernel import flow_decoder
 from ..model import IPPROTO_TCP, Flow, Synproxy, TcpInfo
-from ..netlink import ctnetlink as ct
 from ..netlink._layout import Layout, LayoutDecoder, Path
 from .attrs import TCP_HEADS, AttrEncoder
 
@@ -89,8 +89,7 @@ class SendPath:
     def decoder(self) -> LayoutDecoder:
         """A ctnetlink flow decoder that returns a ``Prepared`` where it can, else the
         ``Flow``."""
-        slow = ct.FLOW.decoder().slow  # type: ignore[attr-defined]
-        return LayoutDecoder(ct.FLOW, slow, derive=self.derive)
+        return flow_decoder(self.derive)
 
     def derive(self, layout: Layout) -> Decode:
         """The decoder of ``layout``'s messages: the fast path, or the layout's own."""
@@ -218,7 +217,7 @@ class SendPath:
         """Whether ``fast`` makes of ``sample`` what the general path does."""
         got = fast(sample, 0)
         flow = got.flow() if isinstance(got, Prepared) else got
-        if flow != ct.FLOW.decoder().slow(sample, 0, len(sample)):  # type: ignore[attr-defined]
+        if flow != flow_decoder().slow(sample, 0, len(sample)):
             return False
         return type(got) is not Prepared or got == prepare(flow, self.encoder, got)
 
