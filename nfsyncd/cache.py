@@ -101,14 +101,13 @@ class Change(NamedTuple):
     """Something the peer must learn: NEW = the entry was added to the cache, UPDATE = a
     cached entry changed, DESTROY = it was removed.  ``obj`` is the flow or expectation
     as it now is (for DESTROY: as the kernel or the cache last knew it), or a flow event
-    as the sender's fast path prepared it (:class:`~nfsyncd._prepared.Prepared`).  A
-    flow's change may carry its cache key (:func:`flow_key`, the sync queue's key too),
-    and the payload to send when the fast path made it."""
+    as the sender's fast path prepared it (:class:`~nfsyncd._prepared.Prepared`, payload
+    included).  A flow's change may carry its cache key (:func:`flow_key`, the sync
+    queue's key too)."""
 
     kind: EventKind
     obj: Flow | Expectation | Prepared
     key: bytes | None = None
-    payload: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -320,14 +319,12 @@ class InternalCache:
             origin = origins.get(port, Origin.NOT_ME) if port else Origin.NOT_ME
             if type(obj) is Prepared:  # the sender's fast path made key, record and payload
                 key = obj[0]
-                payload: bytes | None = obj[3]
             elif type(obj) is Flow:
                 try:
                     key = flow_key(obj.orig, obj.zone)
                 except _BAD_VALUE:
                     st.create_failed += 1
                     continue
-                payload = None
             else:
                 if isinstance(obj, Expectation):
                     self._expect_event(kind, obj, origin, now, changes)
@@ -350,7 +347,7 @@ class InternalCache:
                     st.update_failed += 1
                     continue
                 st.updated += 1
-                append(_new(Change, (UPDATE, obj, key, payload)))
+                append(_new(Change, (UPDATE, obj, key)))
                 continue
             if (
                 fast
@@ -369,7 +366,7 @@ class InternalCache:
                 if kind == UPDATE:
                     st.update_not_found += 1
                 # (the NamedTuple constructor is slower)
-                append(_new(Change, (NEW, obj, key, payload)))
+                append(_new(Change, (NEW, obj, key)))
                 continue
             flow = obj.flow() if isinstance(obj, Prepared) else obj
             self._flow_event(kind, flow, key, origin, now, changes)

@@ -40,15 +40,12 @@ class BypassCache(InternalCache):
                 if flow_filter is not None and not flow_filter(obj):
                     st.filtered += 1
                     continue
-                if type(obj) is Prepared:
-                    changes.append(Change(kind, obj, obj.key, obj.payload))
-                    continue
             elif isinstance(obj, Expectation) and not (
                 self.expectations and filt.accepts_expect(obj)
             ):
                 self._exp_stats.filtered += 1
                 continue
-            changes.append(Change(kind, obj))
+            changes.append(Change(kind, obj, obj.key if isinstance(obj, Prepared) else None))
         return changes
 
     def reconcile_flows(self, dump: Iterable[Flow]) -> list[Change]:

@@ -148,7 +148,7 @@ class SyncMode:
         NEW/UPDATE is a NEW again); the object keeps its place in the queue."""
         tx = self._tx
         hook = self._on_queue
-        for kind, obj, cache_key, payload in changes:
+        for kind, obj, cache_key in changes:
             if cache_key is not None:  # (a flow's change from the cache: it knows the key)
                 key: Key = cache_key
                 base = 0
@@ -159,7 +159,8 @@ class SyncMode:
             prev = tx.get(key)
             if prev is not None and k != _DEL and prev[0] - base != _UPD:
                 k = _NEW
-            tx[key] = (base + k, obj, payload)
+            # (a prepared flow brings its payload: encoded by this mode's encoder)
+            tx[key] = (base + k, obj, obj[3] if isinstance(obj, Prepared) else None)
             if hook is not None:
                 hook(key, raw, obj)
 

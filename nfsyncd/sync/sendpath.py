@@ -94,12 +94,10 @@ class SendPath:
     def derive(self, layout: Layout) -> Decode:
         """The decoder of ``layout``'s messages: the fast path, or the layout's own."""
         plain: Decode = layout.decode
-        body = self._plan(layout)
-        if body is None:
+        plan = self._plan(layout)
+        if plan is None:
             return plain
-        constants = self._constants(layout)
-        if constants is None:
-            return plain
+        body, constants = plan
         fast: Decode = layout.function("_prepared", body, _decode=plain, **constants)
         if not self._agrees(fast, layout.sample):
             self.mismatches += 1
@@ -108,8 +106,9 @@ class SendPath:
         return fast
 
     # -- the plan ------------------------------------------------------------------------
-    def _plan(self, layout: Layout) -> str | None:
-        """The generated function's body for ``layout``, or None when it is not the shape."""
+    def _plan(self, layout: Layout) -> tuple[str, dict[str, Any]] | None:
+        """The generated function's body for ``layout`` and the constants it uses, or None
+        when the layout is not the shape."""
         enc = self.encoder
         if not enc.send_timeout or enc.tcp_window_tracking:
             return None  # the payload does not start with one TCP_HEADS pack
@@ -126,11 +125,17 @@ class SendPath:
                 return None  # ICMP, or a zone inside the tuple
         needed: list[Path] = [(side, name) for side in _SIDES for name in _TUPLE]
         needed += [("status",), ("timeout",), ("mark",), *_TCP]
-        zeros = [p for p in present if p[0] in _ZERO and p in paths]
-        if any(p not in paths for p in needed) or len(zeros) != _zero_count(present):
+        # the values of the must-be-zero fields (the synproxy object's, not the object)
+        zeros = sorted((p for p in present if p[0] in _ZERO and p not in layout.kinds), key=str)
+        if any(p not in paths for p in (*needed, *zeros)):
             return None  # a value a codec function makes (not a plain unpacked one)
         size = _address_size(layout)
         if size not in TCP_HEADS:
+            return None
+        template = self._template(layout)
+        head = TCP_HEADS[size]
+        tail = self._tail(template, head)
+        if tail is None:
             return None
         v = {p: paths[p] for p in needed}
         src, dst, proto, sport, dport = (v["orig", n] for n in _TUPLE)
@@ -144,34 +149,11 @@ class SendPath:
             f"{rdst} == {src}",
             f"{rsport} == {dport}",
             f"{rdport} == {sport}",
-            *(f"not {paths[p]}" for p in sorted(zeros, key=str)),
+            *(f"not {paths[p]}" for p in zeros),
         ]
         state = v[_TCP[0]]
-        return "\n".join(
-            [
-                f"if {' and '.join(checks)}:",
-                f"    key = _key(_first, {src}, {dst}, {proto}, {sport}, {dport})",
-                f"    if {mark}:",
-                f"        body = _marked(_MARKED, {status}, {mark}, _TCP_HDR, {tcp})",
-                "    else:",
-                f"        body = _unmarked(_COMMON, {status}, _NO_MARK, _TCP_HDR, {tcp})",
-                f"    payload = _head({src}, {dst}, {status}, {sport}, {dport}, "
-                f"{state}, {timeout}, {mark}) + _tail",
-                f"    return _new(_Prepared, (key, {timeout}, body, payload, _PRESENT, "
-                f"{src}, {dst}, {state}, buf, start, _decode))",
-                f"return {layout.build}",
-            ]
-        )
-
-    def _constants(self, layout: Layout) -> dict[str, Any] | None:
-        size = _address_size(layout)
         first, pack_key = PORT_KEYS[size == 16]
-        head = TCP_HEADS[size]
-        template = self._template(layout)
-        tail = self._tail(template, head)
-        if tail is None:
-            return None
-        return {
+        constants = {
             "_PRESENT": present_mask(template),
             "_Prepared": Prepared,
             "_new": tuple.__new__,
@@ -186,6 +168,22 @@ class SendPath:
             "_head": head,
             "_tail": tail,
         }
+        body = "\n".join(
+            [
+                f"if {' and '.join(checks)}:",
+                f"    key = _key(_first, {src}, {dst}, {proto}, {sport}, {dport})",
+                f"    if {mark}:",
+                f"        body = _marked(_MARKED, {status}, {mark}, _TCP_HDR, {tcp})",
+                "    else:",
+                f"        body = _unmarked(_COMMON, {status}, _NO_MARK, _TCP_HDR, {tcp})",
+                f"    payload = _head({src}, {dst}, {status}, {sport}, {dport}, "
+                f"{state}, {timeout}, {mark}) + _tail",
+                f"    return _new(_Prepared, (key, {timeout}, body, payload, _PRESENT, "
+                f"{src}, {dst}, {state}, buf, start, _decode))",
+                f"return {layout.build}",
+            ]
+        )
+        return body, constants
 
     @staticmethod
     def _template(layout: Layout) -> Flow:
@@ -243,12 +241,6 @@ def prepare(flow: Flow, encoder: AttrEncoder, source: Prepared) -> Prepared:
 
 
 _SIDES: Final = ("orig", "reply")
-
-
-def _zero_count(present: frozenset[Path]) -> int:
-    """How many plain values the must-be-zero fields of a layout have."""
-    synproxy = 3 if ("synproxy",) in present else 0
-    return synproxy + sum(1 for name in ("zone", "secmark") if (name,) in present)
 
 
 def _address_size(layout: Layout) -> int:

@@ -344,3 +344,21 @@ def test_alarm_refreshes_a_prepared_flow_as_the_flow() -> None:
     # the same payloads after the 8-byte header (in the order of their random due times)
     assert sorted(m[8:] for m in refreshed) == sorted(m[8:] for m in first)
     assert sorted(m[8:] for m in first) == sorted(encoder.flow(f) for f in flows)
+
+
+def test_the_sync_queue_sends_a_prepared_payload_as_it_is() -> None:
+    """The mode does not encode a prepared flow again: what goes out is its payload
+    (here one the encoder would never write, to tell the two apart)."""
+    encoder = Encoder()
+    stream = EventStream(
+        nl=NetlinkSocket(sock=ScriptedSocket([])), prepare=SendPath(encoder).derive
+    )
+    with stream:
+        events = stream.decode_datagram(_events([tcp_flow(1025), tcp_flow(1026)], [0, 0]))
+    prepared = events[1].obj
+    assert isinstance(prepared, Prepared)
+    marked = prepared._replace(payload=b"\0\x08\0\x07\0\0\0\x2a")  # only NTA_MARK 42
+    mode = make_mode(SyncConfig(mode="notrack", links=()), encoder, clock=lambda: 0.0)
+    mode.queue(InternalCache().apply_events([events[1]._replace(obj=marked)]))
+    [message] = mode.output()
+    assert message[8:] == marked.payload
