@@ -142,6 +142,7 @@ class SyncLink:
     sndbuf: int = 0
     rcvbuf: int = 0
     checksum: bool = True
+    segment_offload: bool = True
     peer_version: tuple[int, int, int] = (1, 4, 7)
     error_queue_length: int = 128
 

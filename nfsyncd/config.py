@@ -555,6 +555,7 @@ def _link(table: _Table) -> SyncLink | None:
         sndbuf=table.get("sndbuf", default.sndbuf, v.size(0)),
         rcvbuf=table.get("rcvbuf", default.rcvbuf, v.size(0)),
         checksum=table.get("checksum", default.checksum, v.boolean),
+        segment_offload=table.get("segment_offload", default.segment_offload, v.boolean),
         peer_version=table.get("peer_version", default.peer_version, v.version),
         error_queue_length=table.get(
             "error_queue_length", default.error_queue_length, v.integer(1)

@@ -59,6 +59,8 @@ class LinkStats:
     recv_bytes: int = 0
     send_errors: int = 0
     recv_errors: int = 0
+    #: system calls that sent a run of datagrams (UDP segmentation offload)
+    segmented_sends: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}

@@ -17,6 +17,7 @@ import trio
 
 from .._config_types import SyncLink
 from .channel import RECV_BUFFER, SO_NO_CHECK, Channel, set_buffers, sockaddr
+from .segment import REFUSED, run_end, send_run
 from .wire import Message, NetworkStats, decode_datagram
 
 __all__ = ["RECV_BATCH", "DatagramChannel", "UdpChannel"]
@@ -44,6 +45,8 @@ class DatagramChannel(Channel):
         #: the sender as the stdlib socket trio wraps (non-blocking), for send_many
         self._tx_raw: socket.socket | None = None
         self._rx_raw: socket.socket | None = None
+        #: whether runs of datagrams go out in one call (until the kernel refuses one)
+        self._segment = link.segment_offload
 
     def _family(self) -> socket.AddressFamily:
         return socket.AF_INET6 if self.ipv6 else socket.AF_INET
@@ -103,52 +106,66 @@ class DatagramChannel(Channel):
         return True
 
     async def send_many(self, datagrams: Sequence[bytes]) -> int:
-        """Send in a loop of plain non-blocking ``sendto`` calls, waiting for the socket
-        only when its buffer is full, then one checkpoint: an awaited trio ``sendto`` per
-        datagram cost ~15 µs, more than the ~16 flows each datagram carries cost to encode.
-        The caller hands over bounded batches, so the loop stays responsive."""
+        """Send in a loop of plain non-blocking calls, waiting for the socket only when its
+        buffer is full, then one checkpoint: an awaited trio ``sendto`` per datagram cost
+        ~15 µs, more than the ~16 flows each datagram carries cost to encode.  The caller
+        hands over bounded batches, so the loop stays responsive."""
         tx = self._tx_raw
         if tx is None or self.closed:
             self.stats.send_errors += len(datagrams)
             return 0
-        dest = self._dest
         sent = 0
-        for datagram in datagrams:
-            while True:
+        while sent < len(datagrams):
+            try:
+                sent = self._send_next(tx, datagrams, sent)
+            except BlockingIOError:
                 try:
-                    tx.sendto(datagram, dest)
-                except BlockingIOError:
-                    try:
-                        await trio.lowlevel.wait_writable(tx)
-                    except (OSError, trio.ClosedResourceError) as exc:
-                        self._send_failed(exc)
-                        break
-                    continue
-                except OSError as exc:
+                    await trio.lowlevel.wait_writable(tx)
+                except (OSError, trio.ClosedResourceError) as exc:
                     self._send_failed(exc)
                     break
-                self._sent(len(datagram))
-                sent += 1
+            except OSError as exc:
+                self._send_failed(exc)
                 break
         await trio.lowlevel.checkpoint()
         return sent
 
     def send_ready(self, datagrams: Sequence[bytes]) -> int:
-        """The same plain ``sendto`` loop, stopping (not waiting) when the buffer is full:
-        the engine calls it from the mirror's task, so a few events cost no task switch."""
+        """The same loop, stopping (not waiting) when the buffer is full: the engine calls
+        it from the mirror's task, so a few events cost no task switch."""
         tx = self._tx_raw
         if tx is None or self.closed:
             return 0  # the sender task tries, and counts the failure
-        dest = self._dest
         sent = 0
-        for datagram in datagrams:
+        while sent < len(datagrams):
             try:
-                tx.sendto(datagram, dest)
+                sent = self._send_next(tx, datagrams, sent)
             except OSError:  # full, or failing: the sender task retries and counts it
                 break
-            self._sent(len(datagram))
-            sent += 1
         return sent
+
+    def _send_next(self, tx: socket.socket, datagrams: Sequence[bytes], i: int) -> int:
+        """Send the datagram at ``i``, or the run of datagrams from there (module
+        :mod:`.segment`); the index after what went.  Raises the socket's error when nothing
+        went."""
+        end = run_end(datagrams, i) if self._segment else i + 1
+        if end - i == 1:
+            tx.sendto(datagrams[i], self._dest)
+            self._sent(len(datagrams[i]))
+            return end
+        run = datagrams[i:end]
+        try:
+            send_run(tx, run, self._dest)
+        except OSError as exc:
+            if exc.errno not in REFUSED:
+                raise
+            self._segment = False
+            log.info("%s: sending one datagram per call (segmentation refused: %s)", self.name, exc)
+            return i
+        self.stats.segmented_sends += 1
+        for datagram in run:
+            self._sent(len(datagram))
+        return end
 
     def _send_failed(self, exc: BaseException) -> None:
         self.stats.send_errors += 1

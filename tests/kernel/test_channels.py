@@ -4,7 +4,9 @@ What these tests guarantee:
 
 * messages built with the real encoder and packed many per datagram arrive decoded, in
   order, on the other side, in both directions, over UDP (IPv4 and IPv6), multicast
-  (IPv4 and IPv6) and TCP; datagrams and bytes are counted on both ends;
+  (IPv4 and IPv6) and TCP; datagrams and bytes are counted on both ends; a batch of UDP
+  datagrams goes out in one segmented call and arrives as the same datagrams (not with
+  UDP checksums off, nor with ``segment_offload = false``);
 * TCP reassembles a message cut across reads; a new incoming connection replaces the old;
   after the peer's channel closes, what is sent meanwhile waits in the error queue and
   arrives, in order, once the peer is back;
@@ -136,15 +138,17 @@ def data_seqs(got: list[Message]) -> list[int]:
 
 
 async def check_transfer(tx: Channel, rx: Channel, first_seq: int, count: int = 60) -> None:
-    """``count`` flows packed into datagrams go from ``tx`` to ``rx`` intact and counted."""
+    """``count`` flows packed into datagrams go from ``tx`` to ``rx`` intact and counted:
+    the first datagram alone, the others as one batch (on UDP links that segment, in one
+    system call that the kernel cuts into the same datagrams)."""
     msgs = messages(first_seq, count)
     datagrams = pack_datagrams(msgs, tx.payload_size)
-    assert len(datagrams) < count  # many messages per datagram
-    sent0, bytes0 = tx.stats.sent_packets, tx.stats.sent_bytes
-    recv0 = rx.stats.recv_bytes
+    assert len(datagrams) > 2 and len(datagrams) < count  # many messages per datagram
+    sent0, bytes0, runs0 = tx.stats.sent_packets, tx.stats.sent_bytes, tx.stats.segmented_sends
+    recv0, packets0 = rx.stats.recv_bytes, rx.stats.recv_packets
     async with collecting(rx) as got:
-        for d in datagrams:
-            assert await tx.send(d)
+        assert await tx.send(datagrams[0])
+        assert await tx.send_many(datagrams[1:]) == len(datagrams) - 1
         await eventually(lambda: len(data_seqs(got)) >= count, what=f"{count} messages")
     assert data_seqs(got) == list(range(first_seq, first_seq + count))
     assert [m.obj.orig for m in got] == [flow(i).orig for i in range(count)]  # type: ignore[union-attr]
@@ -154,7 +158,9 @@ async def check_transfer(tx: Channel, rx: Channel, first_seq: int, count: int = 
     assert tx.stats.sent_bytes - bytes0 == total
     assert rx.stats.recv_bytes - recv0 == total
     if not rx.stream:
-        assert rx.stats.recv_packets >= len(datagrams)
+        assert rx.stats.recv_packets - packets0 == len(datagrams)
+        segments = tx.link.segment_offload and tx.link.checksum
+        assert tx.stats.segmented_sends - runs0 == (1 if segments else 0)
     assert rx.network.malformed == 0
     assert tx.stats.send_errors == 0 and rx.stats.recv_errors == 0
 
@@ -193,13 +199,16 @@ async def pair_channels(
 # -- datagram transports ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("checksum", [True, False])
-async def test_udp_v4_both_directions(netns_pair: NetnsPair, checksum: bool) -> None:
+@pytest.mark.parametrize(("checksum", "segment"), [(True, True), (False, True), (True, False)])
+async def test_udp_v4_both_directions(netns_pair: NetnsPair, checksum: bool, segment: bool) -> None:
+    """Also without UDP checksums (the kernel refuses to segment such datagrams: the link
+    falls back to one call per datagram and loses none) and with segmentation turned off."""
     p = netns_pair
+    opts: dict[str, Any] = {"checksum": checksum, "segment_offload": segment}
     a, b = await pair_channels(
         p,
-        mklink("udp", p.a_if, local=p.a_ip, peer=p.b_ip, checksum=checksum, rcvbuf=1 << 20),
-        mklink("udp", p.b_if, local=p.b_ip, peer=p.a_ip, checksum=checksum, sndbuf=1 << 20),
+        mklink("udp", p.a_if, local=p.a_ip, peer=p.b_ip, rcvbuf=1 << 20, **opts),
+        mklink("udp", p.b_if, local=p.b_ip, peer=p.a_ip, sndbuf=1 << 20, **opts),
     )
     try:
         assert a.payload_size == 1500 - 28
