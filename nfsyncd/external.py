@@ -17,7 +17,7 @@ record only names it: ~150 bytes per IPv4 TCP flow at 100k flows (key, 15-byte r
 dict slot) instead of ~230 (~340 with the tuples).  A commit packs the tuples back in and
 appends the estimated timeout.  Most flows of a burst arrive undecoded
 (:class:`~nfsyncd.sync.attrs.LazyFlow`: no NAT, zone or master) and are stored from their
-tuple, timeout and other values without building a flow (:meth:`ExternalCache._lazy_flow`);
+key, timeout and other values without building a flow (:meth:`ExternalCache.apply`);
 their records are byte for byte those of the decoded path.  Reading a flow back (dumps,
 ``-e``) decodes the payload and undoes what preparation changed, which is rare and may be
 slow.  Expectations are few and stay as objects next to their prepared payload.
@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, fields
 from typing import Any, Final, NamedTuple
 
-from ._record import PORT_KEYS, flow_key, unpack_key
+from ._record import flow_key, unpack_key
 from .commit import (
     ADDED_FLAGS_ORIG,
     ADDED_FLAGS_REPLY,
@@ -195,6 +195,10 @@ class ExternalCache:
     def apply(self, msgs: Iterable[Message]) -> None:
         """Apply a batch of data messages (others are ignored)."""
         now = self.clock()
+        table = self._flows
+        st = self._flow_stats
+        memo = self._lazy_memo
+        refresh = self.timeout is not None
         for msg in msgs:
             obj = msg.body
             if obj is None:
@@ -202,7 +206,26 @@ class ExternalCache:
             mtype = msg.type
             if mtype <= _CT_DEL:
                 if type(obj) is LazyFlow:
-                    self._lazy_flow(mtype, obj, now)
+                    # A burst's flow, its rest seen before: what _lazy_flow and _admit do,
+                    # inline (this runs once per received flow).
+                    payload, layout = obj
+                    key, timeout, values = layout.keyed(payload)
+                    found = memo.get((layout, values)) if mtype != _CT_DEL else None
+                    if found is None:
+                        self._lazy_flow(mtype, obj, key, timeout, values, now)
+                        continue
+                    if key in table:
+                        st.updated += 1
+                        if refresh:
+                            del table[key]
+                    elif len(table) < self.limit:
+                        st.created += 1
+                        if mtype == _CT_UPD:
+                            st.update_not_found += 1
+                    else:
+                        st.no_space += 1
+                        continue
+                    table[key] = _pack_sharing(found[1], now, timeout or 0, found[0])
                 elif isinstance(obj, Flow):
                     self._flow(mtype, obj, now)
             elif mtype <= _EXP_DEL and isinstance(obj, Expectation):
@@ -259,48 +282,53 @@ class ExternalCache:
                 self._zones[flow_key(orig)] = zone
         table[key] = rec
 
-    def _lazy_flow(self, mtype: int, lazy: LazyFlow, now: float) -> None:
-        """:meth:`_flow` for a flow that arrived undecoded, stored without decoding it.
+    def _lazy_flow(
+        self,
+        mtype: int,
+        lazy: LazyFlow,
+        key: bytes,
+        timeout: int | None,
+        values: tuple[object, ...],
+        now: float,
+    ) -> None:
+        """:meth:`_flow` for a flow that arrived undecoded (``key``, ``timeout`` and the
+        other ``values`` split from it by its layout), stored without decoding it.
 
         Its layout says it has ports, no NAT, zone or master, so its key follows from the
         tuple's values, and the shared rest from the layout and the other values, seen
-        before for the whole burst (one dict lookup).  The flow is decoded once per new
+        before for the whole burst (one dict lookup: :meth:`apply` stores those itself and
+        calls this for a DEL or a rest not seen before).  The flow is decoded once per new
         rest, and always when the rest cannot be shared (:meth:`_flow` then stores it):
         ~1.5 µs per flow less than decoding it and storing the flow."""
-        payload, layout = lazy
-        src, dst, sport, dport, timeout, values = layout.split(payload)
-        first, pack = PORT_KEYS[layout.v6]
-        key = pack(first, src, dst, layout.proto, sport, dport)
+        layout = lazy.layout
         table = self._flows
         st = self._flow_stats
         if mtype == _CT_DEL:
             _removed(table, key, st)
             return
+        flow = lazy.flow()
+        try:
+            shared, _, added = self._prepare_rest(flow)
+        except _BAD_VALUE:
+            shared = -1
+        if shared < 0:  # not shareable: stored whole, or counted as bad, by _flow
+            self._flow(mtype, flow, now)
+            return
+        flags = added | _R_PAIR
+        if layout.has_status:
+            flags |= _R_STATUS
+        if layout.has_timeout:
+            flags |= _R_TIMEOUT
         memo = self._lazy_memo
-        found = memo.get((layout, values))
-        if found is None:
-            flow = lazy.flow()
-            try:
-                shared, _, added = self._prepare_rest(flow)
-            except _BAD_VALUE:
-                shared = -1
-            if shared < 0:  # not shareable: stored whole, or counted as bad, by _flow
-                self._flow(mtype, flow, now)
-                return
-            flags = added | _R_PAIR
-            if layout.has_status:
-                flags |= _R_STATUS
-            if layout.has_timeout:
-                flags |= _R_TIMEOUT
-            if len(memo) >= _REST_MEMO_SIZE:
-                memo.clear()
-            found = memo[(layout, values)] = (shared, flags)
+        if len(memo) >= _REST_MEMO_SIZE:
+            memo.clear()
+        memo[(layout, values)] = (shared, flags)
         new = key not in table
         if not self._admit(table, key, st):
             return
         if new and mtype == _CT_UPD:
             st.update_not_found += 1
-        table[key] = _pack_sharing(found[1], now, timeout or 0, found[0])
+        table[key] = _pack_sharing(flags, now, timeout or 0, shared)
 
     def _admit(self, table: dict[Any, Any], key: object, st: ExtStats) -> bool:
         """Whether ``key`` may be (re)stored in ``table``, counted as an update or a

@@ -43,6 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final, NamedTuple
 
+from .._record import PORT_KEYS
 from ..model import (
     IPPROTO_DCCP,
     IPPROTO_ICMP,
@@ -473,17 +474,18 @@ class LazyLayout:
     status, timeout, mark, protoinfo and synproxy.
 
     Why: most of what the peer sends a backup is such flows, and its external cache needs
-    only their tuple, timeout and "everything else" as a whole (which it has seen before,
-    for the whole burst).  ``split`` gives exactly that in one ``struct`` call, without the
-    ~0.5 µs of building the flow's objects; ``build`` builds them when wanted.  Its
+    only their key, timeout and "everything else" as a whole (which it has seen before,
+    for the whole burst).  ``keyed`` gives exactly that in two ``struct`` calls (unpack the
+    message, pack the key), without the ~0.5 µs of building the flow's objects; ``build``
+    builds them when wanted.  Its
     messages cannot fail to decode: their headers are those of a message walked before,
     and their values need no checking once the protocol byte is the layout's."""
 
     build: Builder
-    #: the payload -> (src, dst, sport, dport, timeout, every other value): the other
+    #: the payload -> (cache key, timeout, every other value): the key is the flow's
+    #: (:func:`nfsyncd._record.flow_key`, zone 0: the layout has no zone); the other
     #: values and the layout determine the flow but for its tuple and timeout
-    split: Callable[[bytes], tuple[bytes, bytes, int, int, int | None, tuple[object, ...]]]
-    v6: bool
+    keyed: Callable[[bytes], tuple[bytes, int | None, tuple[object, ...]]]
     proto: int
     proto_at: int
     has_status: bool
@@ -513,7 +515,7 @@ class _Layouts:
     every attribute.  Values are not checked here; what decodes them afterwards is the
     general code or (:func:`_flow_builder`) code generated to do exactly what it does."""
 
-    __slots__ = ("_by_size", "attempts", "builder", "kind", "lens", "table")
+    __slots__ = ("attempts", "builder", "by_size", "kind", "lens", "table")
 
     def __init__(
         self,
@@ -526,13 +528,13 @@ class _Layouts:
         self.table = table
         self.kind = kind
         self.builder = builder
-        self._by_size: dict[int, list[tuple[int, int, list[int], Builder | LazyLayout | None]]] = {}
+        self.by_size: dict[int, list[tuple[int, int, list[int], Builder | LazyLayout | None]]] = {}
         self.attempts = 0
 
     def find(self, msg: bytes) -> tuple[list[int], Builder | LazyLayout | None] | None:
         """The offsets (relative to ``msg``) of a known layout ``msg`` has and its
         generated decoder (if any), or None."""
-        layouts = self._by_size.get(len(msg))
+        layouts = self.by_size.get(len(msg))
         if layouts is None:
             return None
         value = int.from_bytes(msg, "big")
@@ -554,7 +556,7 @@ class _Layouts:
             imask = int.from_bytes(mask, "big")
             expected = int.from_bytes(msg, "big") & imask
             build = None if self.builder is None else self.builder(msg, pos)
-            self._by_size.setdefault(len(msg), []).append((imask, expected, pos, build))
+            self.by_size.setdefault(len(msg), []).append((imask, expected, pos, build))
         return pos
 
 
@@ -658,12 +660,13 @@ def _flow_builder(msg: bytes, pos: list[int]) -> Builder | LazyLayout | None:
                 for n in names[at]]  # fmt: skip
         source += "\n".join(
             [
-                "def split(msg):",
+                "def keyed(msg):",
                 f"    {', '.join(flat)}, = _unpack(msg)",
-                f"    return ({src}, {dst}, {sport}, {dport}, {val(NTA_TIMEOUT)}, "
-                f"({''.join(n + ', ' for n in tail)}))",
+                f"    return (_key(_first, {src}, {dst}, {proto}, {sport}, {dport}), "
+                f"{val(NTA_TIMEOUT)}, ({''.join(n + ', ' for n in tail)}))",
             ]
         ) + "\n"  # fmt: skip
+        ns["_first"], ns["_key"] = PORT_KEYS[v6]
     exec(compile(source, "<wire flow layout>", "exec"), ns)
     build: Builder = ns["build"]  # type: ignore[assignment]
     build.__source__ = source  # type: ignore[attr-defined]
@@ -671,8 +674,7 @@ def _flow_builder(msg: bytes, pos: list[int]) -> Builder | LazyLayout | None:
         return build
     return LazyLayout(
         build,
-        ns["split"],  # type: ignore[arg-type]
-        v6=v6,
+        ns["keyed"],  # type: ignore[arg-type]
         proto=proto,
         proto_at=pos[NTA_L4PROTO],
         has_status=NTA_STATUS in names,
@@ -685,7 +687,7 @@ _NOT_LAZY: Final = frozenset(
     (NTA_SNAT_IPV4, NTA_DNAT_IPV4, NTA_SNAT_IPV6, NTA_DNAT_IPV6, NTA_SPAT_PORT, NTA_DPAT_PORT,
      NTA_ZONE)
 )  # fmt: skip
-#: what LazyLayout.split returns apart from the other values
+#: what LazyLayout.keyed returns apart from the other values (in the key, or the timeout)
 _SPLIT_OUT: Final = frozenset((NTA_IPV4, NTA_IPV6, NTA_PORT, NTA_TIMEOUT, NTA_L4PROTO))
 
 
@@ -706,11 +708,18 @@ def decode_flow_lazy(buf: bytes, start: int, end: int) -> tuple[Flow | LazyFlow,
     """:func:`decode_flow`, or the message kept as a :class:`LazyFlow` when its layout
     allows (the receiving side's hot path)."""
     buf = buf[start:end]  # offsets relative to the message: its layout's are reusable
-    known = _CT_LAYOUTS.find(buf)
-    if known is None:
+    # (_CT_LAYOUTS.find, inline: this runs once per received flow)
+    pos = None
+    layouts = _CT_LAYOUTS.by_size.get(end - start)
+    if layouts is not None:
+        value = int.from_bytes(buf, "big")
+        for mask, expected, offsets, build in layouts:  # noqa: B007 (build: after the break)
+            if value & mask == expected:
+                pos = offsets
+                break
+    if pos is None:
         pos = _CT_LAYOUTS.walk(buf)
     else:
-        pos, build = known
         if type(build) is LazyLayout:
             if buf[build.proto_at] == build.proto:
                 return _new(LazyFlow, (buf, build)), ()

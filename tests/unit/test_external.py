@@ -695,29 +695,36 @@ def _sent(kind: MsgType, flows: Sequence[Flow]) -> list[Message]:
     return [over_the_wire(kind, f) for f in flows]
 
 
-@pytest.mark.parametrize("shared_rests", [4096, 2])
+@pytest.mark.parametrize(
+    ("shared_rests", "timeout", "limit"), [(4096, None, 1000), (2, None, 1000), (4096, 60.0, 12)]
+)
 def test_flows_kept_undecoded_are_stored_as_decoded_ones(
-    shared_rests: int, monkeypatch: pytest.MonkeyPatch
+    shared_rests: int, timeout: float | None, limit: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A flow of a plain layout reaches the external cache undecoded (a LazyFlow) and is
     stored from its split values; the same messages decoded first give byte-identical
-    records, listings, commit payloads and counters, through creates, updates, deletes
-    and a flush, also once the table of shared rests is full (those flows are decoded)."""
+    records in the same order, listings, commit payloads and counters, through creates,
+    updates, deletes and a flush, also once the table of shared rests is full (those flows
+    are decoded), and with ALARM's timeout (an update moves its entry last) and a table
+    limit that refuses some."""
     monkeypatch.setattr(external, "_SHARED_RESTS", shared_rests)
     monkeypatch.setattr(wire_attrs, "_CT_LAYOUTS", fresh_wire_layouts())
-    lazy, eager = ExternalCache(clock=Clock()), ExternalCache(clock=Clock())
+    lazy, eager = (
+        ExternalCache(clock=Clock(), timeout=timeout, limit=limit) for _ in range(2)
+    )
     flows = _lazy_mix()
     rounds = [
         _sent(MsgType.CT_NEW, flows),
         _sent(MsgType.CT_UPD, [f._replace(timeout=(f.timeout or 0) + 7) for f in flows]),
         _sent(MsgType.CT_UPD, [tcp(i, mark=5) for i in range(30, 33)]),  # unknown: created
+        _sent(MsgType.CT_UPD, flows[::-3]),  # some, backwards: moved last with a timeout
         _sent(MsgType.CT_DEL, [*flows[::2], tcp(40)]),  # one unknown
     ]
     assert sum(type(m.body) is not Flow for r in rounds for m in r) > 20  # most are lazy
     for n, msgs in enumerate(rounds * 2):
         lazy.apply(msgs)
         eager.apply([m._replace(body=m.obj) for m in msgs])
-        assert lazy._flows == eager._flows
+        assert list(lazy._flows.items()) == list(eager._flows.items())
         assert list(lazy.flows()) == list(eager.flows())
         assert list(lazy.flow_creates(0.0)) == list(eager.flow_creates(0.0))
         assert lazy.stats_dict() == eager.stats_dict()

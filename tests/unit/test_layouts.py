@@ -16,6 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nfsyncd._record import flow_key
 from nfsyncd.model import Flow, TcpFlags, TcpInfo, Tuple
 from nfsyncd.netlink import DecodeError
 from nfsyncd.netlink import ctnetlink as ct
@@ -137,7 +138,7 @@ def test_wire_layouts_agree_with_a_fresh_walk(flow: Flow, window: bool, seed: in
         if learned[0] != "ok":
             return
         assert fresh.find(payload) is not None
-        (mask, _, pos, _), *_ = fresh._by_size[len(payload)]
+        (mask, _, pos, _), *_ = fresh.by_size[len(payload)]
         # random values, with the learned protocol (the generated decoder's case) and any
         proto = pos[A.NTA_L4PROTO]
         same_proto = mask | (0xFF << (8 * (len(payload) - proto - 1)) if proto else 0)
@@ -172,7 +173,7 @@ def test_plain_wire_layouts_get_a_generated_decoder() -> None:
         m.setattr(A, "_CT_LAYOUTS", layouts)
         got = [A.decode_flow(p, 0, len(p)) for p in map(enc.flow, flows)]
     assert [f for f, _ in got] == flows
-    entries = [entry for size in layouts._by_size.values() for entry in size]
+    entries = [entry for size in layouts.by_size.values() for entry in size]
     assert len(entries) == 2 and all(build is not None for *_, build in entries)
 
 
@@ -194,9 +195,9 @@ plain_wire_flows = st.builds(
 
 @SETTINGS
 @given(st.one_of(wire_flows(), plain_wire_flows), st.integers(0, 2**32))
-def test_a_lazy_flow_splits_into_its_tuple_timeout_and_a_rest(flow: Flow, seed: int) -> None:
+def test_a_lazy_flow_splits_into_its_key_timeout_and_a_rest(flow: Flow, seed: int) -> None:
     """A message of a lazy layout decodes (``flow()``) to what the general code decodes,
-    ``split`` gives its tuple and timeout, and two messages of the layout with equal
+    ``keyed`` gives its cache key and timeout, and two messages of the layout with equal
     other values decode alike but for tuple and timeout (what the external cache
     relies on when it stores such flows undecoded)."""
     enc = AttrEncoder()
@@ -208,7 +209,7 @@ def test_a_lazy_flow_splits_into_its_tuple_timeout_and_a_rest(flow: Flow, seed: 
         m.setattr(A, "_CT_LAYOUTS", layouts)
         if _outcome(A.decode_flow_lazy, payload, 0, len(payload))[0] != "ok":
             return
-        (mask, _, pos, _), *_ = layouts._by_size[len(payload)]
+        (mask, _, pos, _), *_ = layouts.by_size[len(payload)]
         proto = pos[A.NTA_L4PROTO]
         keep = mask | (0xFF << (8 * (len(payload) - proto - 1)) if proto else 0)
         others = [_scramble(payload, keep, seed + i) for i in range(2)]
@@ -217,22 +218,21 @@ def test_a_lazy_flow_splits_into_its_tuple_timeout_and_a_rest(flow: Flow, seed: 
         # a lazy layout's messages cannot fail to decode
         got = [A.decode_flow_lazy(other, 0, len(other))[0] for other in others]
         # the second message's tuple and timeout with the first's other values
-        split = [g.layout.split(g.payload) for g in got]  # type: ignore[union-attr]
+        split = [g.layout.keyed(g.payload) for g in got]  # type: ignore[union-attr]
         first = got[0].flow()  # type: ignore[union-attr]
-        src, dst, sport, dport, timeout, _ = split[1]
-        orig = first.orig._replace(src=src, dst=dst, sport=sport, dport=dport)
-        moved = enc.flow(first._replace(orig=orig, reply=None, timeout=timeout))
+        second = got[1].flow()  # type: ignore[union-attr]
+        moved = enc.flow(first._replace(orig=second.orig, reply=None, timeout=second.timeout))
         again = A.decode_flow_lazy(moved, 0, len(moved))[0]
         m.setattr(A, "_CT_LAYOUTS", A._Layouts(A._CT_LEN, A.CT_ATTRS, "ct"))
         general = [A.decode_flow(other, 0, len(other))[0] for other in (*others, moved)]
     assert [type(g) for g in got] == [A.LazyFlow] * 2 and got[0].layout is got[1].layout
     assert [g.flow() for g in got] == general[:2]  # type: ignore[union-attr]
-    for (src, dst, sport, dport, timeout, _), f in zip(split, general, strict=False):
-        assert (src, dst, sport, dport, timeout) == (*f.orig[:2], *f.orig[3:5], f.timeout)
-        assert f.reply is not None and f.reply[:5] == (dst, src, f.orig.proto, dport, sport)
+    for (key, timeout, _), f in zip(split, general, strict=False):
+        assert (key, timeout) == (flow_key(f.orig), f.timeout)
+        assert f.reply is not None and f.reply == f.orig.inverted()
         assert f.master is None and f.zone is None
     assert type(again) is A.LazyFlow and again.layout is got[0].layout  # type: ignore[union-attr]
-    assert again.layout.split(again.payload) == (*split[1][:5], split[0][5])
+    assert again.layout.keyed(again.payload) == (*split[1][:2], split[0][2])
     assert (
         again.flow()
         == general[2]
