@@ -709,9 +709,7 @@ def test_flows_kept_undecoded_are_stored_as_decoded_ones(
     limit that refuses some."""
     monkeypatch.setattr(external, "_SHARED_RESTS", shared_rests)
     monkeypatch.setattr(wire_attrs, "_CT_LAYOUTS", fresh_wire_layouts())
-    lazy, eager = (
-        ExternalCache(clock=Clock(), timeout=timeout, limit=limit) for _ in range(2)
-    )
+    lazy, eager = (ExternalCache(clock=Clock(), timeout=timeout, limit=limit) for _ in range(2))
     flows = _lazy_mix()
     rounds = [
         _sent(MsgType.CT_NEW, flows),
