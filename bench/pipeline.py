@@ -9,8 +9,9 @@ sender's fast path, as the daemon has it: most events come out with key, record 
 payload made), the internal cache, the FTFW mode's queue and output, datagram packing; and the
 datagrams that produced through the receiver's: wire decoding, the FTFW mode, the external
 cache.  The socket calls around them are measured too: one netlink ``recv`` per event and
-one UDP ``sendto`` per datagram over a veth pair to a second namespace, as on the lab's
-sync link, kernel time included (CPU time of a loop of each).
+the UDP sends of the datagrams over a veth pair to a second namespace, as on the lab's
+sync link (each read's datagrams as the channel sends them: runs of one size in one
+segmented call), kernel time included (CPU time of a loop of each).
 
     .venv/bin/python -m bench.pipeline [N]     (as root)
 
@@ -36,6 +37,7 @@ from nfsyncd.netlink import NetlinkSocket
 from nfsyncd.netlink import ctnetlink as ct
 from nfsyncd.sync import Encoder, NetworkStats, decode_datagram, pack_datagrams
 from nfsyncd.sync.modes import make_mode
+from nfsyncd.sync.segment import runs, send_run
 from nfsyncd.sync.sendpath import SendPath
 
 from ._common import Result, count_arg, cpu_seconds, report, synthetic_flows
@@ -108,8 +110,8 @@ class Pair:
         self.cache = InternalCache(limit=1 << 22)
         self.external = ExternalCache(limit=1 << 22)
         self.net = NetworkStats()
-        #: every sync datagram the sender made, in order
-        self.wire: list[bytes] = []
+        #: the sync datagrams the sender made, one list per read of events
+        self.wire: list[list[bytes]] = []
 
     def replay(self, datagrams: list[bytes], sender: _Laps, receiver: _Laps) -> None:
         """Kernel event datagrams through both sides, a read of BATCH events at a time."""
@@ -128,7 +130,7 @@ class Pair:
             sender.lap("encode (mode output)")
             wire = pack_datagrams(msgs, PAYLOAD)
             sender.lap("pack datagrams")
-            self.wire += wire
+            self.wire.append(wire)
             for d in wire:
                 receiver.start()
                 got = decode_datagram(d, net)
@@ -146,10 +148,11 @@ class Pair:
                 sender.lap("ftfw acks")
 
 
-def udp_send_seconds(wire: list[bytes], a: Netns, b: Netns) -> float:
-    """CPU seconds per ``sendto`` of these datagrams from ``a`` to ``b`` over a veth pair,
-    as on the lab's sync link, to a socket that drains them (the veth hands each datagram
-    to ``b``'s stack in the sender's context, so that is counted too)."""
+def udp_send_seconds(wire: list[list[bytes]], a: Netns, b: Netns) -> float:
+    """CPU seconds per datagram to send these datagrams from ``a`` to ``b`` over a veth
+    pair, as on the lab's sync link, to a socket that drains them (the veth hands each
+    datagram to ``b``'s stack in the sender's context, so that is counted too): each read's
+    datagrams as the UDP channel sends them, runs of one size in one segmented call."""
     veth_pair(a, b, "198.18.0.1/30", "198.18.0.2/30", "sync0")
     with a.entered():
         tx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -161,17 +164,21 @@ def udp_send_seconds(wire: list[bytes], a: Netns, b: Netns) -> float:
         rx.setblocking(False)
         tx.bind(("198.18.0.1", 0))
         spent = 0.0
-        for i in range(0, len(wire), 64):
+        dest = ("198.18.0.2", 3780)
+        for i in range(0, len(wire), 10):
             t0 = cpu_seconds()
-            for d in wire[i : i + 64]:
-                tx.sendto(d, ("198.18.0.2", 3780))
+            for run in (run for batch in wire[i : i + 10] for run in runs(batch)):
+                if len(run) == 1:
+                    tx.sendto(run[0], dest)
+                else:
+                    send_run(tx, run, dest)
             spent += cpu_seconds() - t0
             while True:
                 try:
                     rx.recv(2048)
                 except BlockingIOError:
                     break
-    return spent / max(len(wire), 1)
+    return spent / max(sum(map(len, wire)), 1)
 
 
 def main(n: int = 100_000) -> list[Result]:
@@ -188,7 +195,7 @@ def main(n: int = 100_000) -> list[Result]:
             gc.unfreeze()
         with Netns.create("nfsbench") as peer:
             send_s = udp_send_seconds(create_wire, ns, peer)
-    flows_per_datagram = len(new) / max(len(create_wire), 1)
+    flows_per_datagram = len(new) / max(sum(map(len, create_wire)), 1)
     results = [Result("netlink recv per event (kernel included)", recv_s * 1e6, "µs")]
     for title, stages, count in (
         ("sender, NEW", create_tx, len(new)),
@@ -202,7 +209,7 @@ def main(n: int = 100_000) -> list[Result]:
         results.append(Result(f"{title}: in-process total", total / count * 1e6, "µs"))
     results.append(
         Result(
-            "UDP sendto per flow (kernel included)",
+            "UDP send per flow (kernel included)",
             send_s / flows_per_datagram * 1e6,
             "µs",
             f"{send_s * 1e6:.1f} µs per datagram of {flows_per_datagram:.1f} flows",

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from nfsyncd._config_types import SyncLink
-from nfsyncd.sync.segment import MAX_BYTES, MAX_SEGMENTS, SOL_UDP, UDP_SEGMENT, run_end
+from nfsyncd.sync.segment import MAX_BYTES, MAX_SEGMENTS, SOL_UDP, UDP_SEGMENT, runs
 from nfsyncd.sync.udp import UdpChannel
 
 
@@ -21,28 +21,25 @@ def sizes(*lengths: int) -> list[bytes]:
     return [bytes(n) for n in lengths]
 
 
-def runs(datagrams: list[bytes]) -> list[int]:
+def run_lengths(datagrams: list[bytes]) -> list[int]:
     """The lengths of the runs the datagrams are cut into, in order."""
-    out, i = [], 0
-    while i < len(datagrams):
-        end = run_end(datagrams, i)
-        out.append(end - i)
-        i = end
-    return out
+    cut = list(runs(datagrams))
+    assert [d for run in cut for d in run] == datagrams
+    return [len(run) for run in cut]
 
 
 def test_a_run_is_one_size_then_at_most_one_shorter_datagram() -> None:
-    assert runs(sizes(1400, 1400, 1400, 900)) == [4]
-    assert runs(sizes(1400, 1400, 900, 900)) == [3, 1]  # a second short one starts anew
-    assert runs(sizes(900, 1400, 1400)) == [1, 2]  # the kernel cuts at the first one's size
-    assert runs(sizes(1400)) == [1]
-    assert runs(sizes(88, 88, 1400, 1400)) == [2, 2]
+    assert run_lengths(sizes(1400, 1400, 1400, 900)) == [4]
+    assert run_lengths(sizes(1400, 1400, 900, 900)) == [3, 1]  # a second short one starts anew
+    assert run_lengths(sizes(900, 1400, 1400)) == [1, 2]  # the kernel cuts at the first one's size
+    assert run_lengths(sizes(1400)) == [1]
+    assert run_lengths(sizes(88, 88, 1400, 1400)) == [2, 2]
 
 
 def test_a_run_stays_within_the_kernels_limits() -> None:
-    assert runs(sizes(*[100] * (MAX_SEGMENTS + 3))) == [MAX_SEGMENTS, 3]
+    assert run_lengths(sizes(*[100] * (MAX_SEGMENTS + 3))) == [MAX_SEGMENTS, 3]
     per_run = MAX_BYTES // 1472
-    got = runs(sizes(*[1472] * 100))
+    got = run_lengths(sizes(*[1472] * 100))
     assert got[0] == per_run and sum(got) == 100
     assert all(n * 1472 <= MAX_BYTES for n in got)
 
