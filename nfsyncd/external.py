@@ -187,7 +187,7 @@ class ExternalCache:
         #: (see _prepare_rest)
         self._rest_memo: dict[tuple[object, ...], tuple[int, bytes, int]] = {}
         #: (layout, values besides tuple and timeout) -> (shared rest number, record flags)
-        #: for flows that arrive undecoded (see _lazy_flow)
+        #: for flows that arrive undecoded (apply reads it, _lazy_flow fills it)
         self._lazy_memo: dict[tuple[LazyLayout, tuple[object, ...]], tuple[int, int]] = {}
         self._shared = _SharedRests()
 
@@ -198,7 +198,7 @@ class ExternalCache:
         table = self._flows
         st = self._flow_stats
         memo = self._lazy_memo
-        refresh = self.timeout is not None
+        admit = self._admit
         for msg in msgs:
             obj = msg.body
             if obj is None:
@@ -206,26 +206,15 @@ class ExternalCache:
             mtype = msg.type
             if mtype <= _CT_DEL:
                 if type(obj) is LazyFlow:
-                    # A burst's flow, its rest seen before: what _lazy_flow and _admit do,
-                    # inline (this runs once per received flow).
+                    # A burst's flow, its rest seen before: what _lazy_flow does, inline
+                    # (this runs once per received flow).
                     payload, layout = obj
                     key, timeout, values = layout.keyed(payload)
                     found = memo.get((layout, values)) if mtype != _CT_DEL else None
                     if found is None:
                         self._lazy_flow(mtype, obj, key, timeout, values, now)
-                        continue
-                    if key in table:
-                        st.updated += 1
-                        if refresh:
-                            del table[key]
-                    elif len(table) < self.limit:
-                        st.created += 1
-                        if mtype == _CT_UPD:
-                            st.update_not_found += 1
-                    else:
-                        st.no_space += 1
-                        continue
-                    table[key] = _pack_sharing(found[1], now, timeout or 0, found[0])
+                    elif admit(table, key, st, mtype == _CT_UPD):
+                        table[key] = _pack_sharing(found[1], now, timeout or 0, found[0])
                 elif isinstance(obj, Flow):
                     self._flow(mtype, obj, now)
             elif mtype <= _EXP_DEL and isinstance(obj, Expectation):
@@ -273,13 +262,10 @@ class ExternalCache:
             st.bad += 1
             return
         new = key not in table
-        if not self._admit(table, key, st):
+        if not self._admit(table, key, st, mtype == _CT_UPD):
             return
-        if new:
-            if mtype == _CT_UPD:
-                st.update_not_found += 1
-            if zone:
-                self._zones[flow_key(orig)] = zone
+        if new and zone:
+            self._zones[flow_key(orig)] = zone
         table[key] = rec
 
     def _lazy_flow(
@@ -323,16 +309,15 @@ class ExternalCache:
         if len(memo) >= _REST_MEMO_SIZE:
             memo.clear()
         memo[(layout, values)] = (shared, flags)
-        new = key not in table
-        if not self._admit(table, key, st):
-            return
-        if new and mtype == _CT_UPD:
-            st.update_not_found += 1
-        table[key] = _pack_sharing(flags, now, timeout or 0, shared)
+        if self._admit(table, key, st, mtype == _CT_UPD):
+            table[key] = _pack_sharing(flags, now, timeout or 0, shared)
 
-    def _admit(self, table: dict[Any, Any], key: object, st: ExtStats) -> bool:
+    def _admit(
+        self, table: dict[Any, Any], key: object, st: ExtStats, update: bool = False
+    ) -> bool:
         """Whether ``key`` may be (re)stored in ``table``, counted as an update or a
-        creation; a refused one (the table is at its limit) is counted as no_space.
+        creation (and, for an ``update`` message, as update_not_found); a refused one (the
+        table is at its limit) is counted as no_space.
 
         An update is taken out of the table so that storing it again puts it last:
         with ALARM's expiry the tables stay ordered by arrival."""
@@ -345,6 +330,8 @@ class ExternalCache:
             st.no_space += 1
             return False
         st.created += 1
+        if update:
+            st.update_not_found += 1
         return True
 
     def _prepare_rest(self, flow: Flow) -> tuple[int, bytes, int]:

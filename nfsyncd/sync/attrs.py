@@ -528,20 +528,10 @@ class _Layouts:
         self.table = table
         self.kind = kind
         self.builder = builder
+        #: message size -> each learned layout's (header mask, headers under it, attribute
+        #: offsets, generated decoder or None); :func:`decode_flow_lazy` matches messages
         self.by_size: dict[int, list[tuple[int, int, list[int], Builder | LazyLayout | None]]] = {}
         self.attempts = 0
-
-    def find(self, msg: bytes) -> tuple[list[int], Builder | LazyLayout | None] | None:
-        """The offsets (relative to ``msg``) of a known layout ``msg`` has and its
-        generated decoder (if any), or None."""
-        layouts = self.by_size.get(len(msg))
-        if layouts is None:
-            return None
-        value = int.from_bytes(msg, "big")
-        for mask, expected, pos, build in layouts:
-            if value & mask == expected:
-                return pos, build
-        return None
 
     def walk(self, msg: bytes) -> list[int]:
         """:func:`_walk` over all of ``msg``, remembering its layout (a bounded number)."""
@@ -708,7 +698,7 @@ def decode_flow_lazy(buf: bytes, start: int, end: int) -> tuple[Flow | LazyFlow,
     """:func:`decode_flow`, or the message kept as a :class:`LazyFlow` when its layout
     allows (the receiving side's hot path)."""
     buf = buf[start:end]  # offsets relative to the message: its layout's are reusable
-    # (_CT_LAYOUTS.find, inline: this runs once per received flow)
+    # a known layout: its headers under the layout's mask (inline: once per received flow)
     pos = None
     layouts = _CT_LAYOUTS.by_size.get(end - start)
     if layouts is not None:
