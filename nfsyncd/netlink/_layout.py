@@ -284,21 +284,29 @@ class LayoutDecoder:
         self.hits = 0
 
     def __call__(self, buf: bytes, start: int, end: int) -> Any:
+        layout = self.match(buf, start, end)
+        if layout is not None:
+            try:
+                obj = layout.decode(buf, start)
+            except DecodeError:
+                pass  # let the schema decoder say what is wrong, and where
+            else:
+                self.hits += 1
+                return obj
+        obj = self.slow(buf, start, end)
+        if self.learned < self.max_layouts:
+            self._learn(buf, start, end)
+        return obj
+
+    def match(self, buf: bytes, start: int, end: int) -> Layout | None:
+        """The learned layout of the message in ``buf[start:end]``, if there is one."""
         layouts = self._by_size.get(end - start)
         if layouts is not None:
             value = int.from_bytes(buf[start:end], "big")
             for layout in layouts:
                 if value & layout.mask == layout.expected:
-                    try:
-                        obj = layout.decode(buf, start)
-                    except DecodeError:
-                        break  # let the schema decoder say what is wrong, and where
-                    self.hits += 1
-                    return obj
-        obj = self.slow(buf, start, end)
-        if self.learned < self.max_layouts:
-            self._learn(buf, start, end)
-        return obj
+                    return layout
+        return None
 
     def _learn(self, buf: bytes, start: int, end: int) -> None:
         # a layout that cannot be learned uses up an attempt too, or each of its messages
