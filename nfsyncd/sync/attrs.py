@@ -549,6 +549,17 @@ class _Layouts:
             self.by_size.setdefault(len(msg), []).append((imask, expected, pos, build))
         return pos
 
+    def lazy_mask(self, msg: bytes) -> tuple[int, LazyLayout] | None:
+        """When :func:`decode_flow_lazy` keeps ``msg`` lazy: its layout and the mask of
+        every byte that decision depends on (the attribute headers and the protocol)."""
+        value = int.from_bytes(msg, "big")
+        for mask, expected, _pos, build in self.by_size.get(len(msg), ()):
+            if value & mask == expected:  # the first that fits, as the decoder takes it
+                if type(build) is LazyLayout and msg[build.proto_at] == build.proto:
+                    return mask | 0xFF << 8 * (len(msg) - 1 - build.proto_at), build
+                return None
+        return None
+
 
 #: layouts remembered per attribute table (a peer with ever-new layouts walks the rest)
 _MAX_LAYOUTS: Final = 64

@@ -26,6 +26,7 @@ from typing import Final, NamedTuple
 
 from ..model import Expectation, Flow
 from .attrs import (
+    _CT_LAYOUTS,
     LATEST_PEER_VERSION,
     AttrEncoder,
     Extra,
@@ -36,6 +37,7 @@ from .attrs import (
     decode_flow,
     decode_flow_lazy,
 )
+from .shapes import DatagramShapes
 
 __all__ = [
     "NETHDR_ACK_SIZE",
@@ -387,11 +389,18 @@ def decode_datagram(data: bytes | bytearray | memoryview, stats: NetworkStats) -
     :attr:`NetworkStats.last_error`).
     """
     buf = data if type(data) is bytes else bytes(data)
-    out: list[Message] = []
     stats.datagrams += 1
-    _decode_into(buf, stats, out, False)
+    out: list[Message] | None = _SHAPES.decode(buf)
+    if out is None:
+        out = []
+        _decode_into(buf, stats, out, False)
+        _SHAPES.learn(buf, out)
     stats.messages += len(out)
     return out
+
+
+#: shapes of the datagrams of lazy flows seen (a datagram's messages are no stream's)
+_SHAPES: Final = DatagramShapes(_CT_LAYOUTS, Message)
 
 
 class StreamDecoder:
