@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable
+from operator import itemgetter
 from typing import TYPE_CHECKING, ClassVar, Final
 
 from ._mode import (
@@ -62,6 +63,10 @@ _BEFORE = SeqVerdict.BEFORE
 _HELLOS: Final = HELLO | HELLO_BACK
 #: message types up to this one carry data (flows, expectations), the rest are control
 _LAST_DATA_TYPE: Final = int(MsgType.EXP_DEL)
+
+_TYPE_OF: Final = itemgetter(0)
+_FLAGS_OF: Final = itemgetter(1)
+_SEQ_OF: Final = itemgetter(2)
 
 #: resend-queue entry: seq, message type, payload (data) or b"", the control message or None
 RsEntry = tuple[int, int, bytes, Ctl | None]
@@ -188,6 +193,10 @@ class FtfwMode(SyncMode):
     def receive(self, msgs: Iterable[Message]) -> list[Message]:
         """Track the peer's seqs (ACK every W messages, NACK gaps), act on its control
         messages, and return its data messages in order, except old or duplicate ones."""
+        if type(msgs) is list:
+            run = self._next_run(msgs)
+            if run is not None:
+                return run
         out: list[Message] = []
         tracker = self.tracker
         net = self.network
@@ -258,6 +267,46 @@ class FtfwMode(SyncMode):
         if self._hello_back and not ctl and not self._tx:
             ctl.append((CTL_ALIVE, 0, 0))  # carries HELLO_BACK promptly
         return out
+
+    def _next_run(self, msgs: list[Message]) -> list[Message] | None:
+        """:meth:`receive` for a batch that is only the peer's next data messages, in
+        order and without flags (a burst's: nearly every batch), or None for any other.
+
+        Why: the loop's per-message work (~0.25 µs) is then the same for every message;
+        here its checks are three over the whole batch, and the ACKs its window would
+        send are computed at once."""
+        tracker = self.tracker
+        last = tracker.last
+        window = self._window
+        n = len(msgs)
+        if last is None or not n or window < 1 or self._hello_back:
+            return None
+        first = (last + 1) & SEQ_MASK
+        end = first + n
+        if end > SEQ_MASK + 1:  # the numbers wrap in this batch: the loop
+            return None
+        if any(map(_FLAGS_OF, msgs)) or max(map(_TYPE_OF, msgs)) > _LAST_DATA_TYPE:
+            return None
+        if list(map(_SEQ_OF, msgs)) != list(range(first, end)):
+            return None
+        self.last_receive = self.clock()
+        self.msgs_recv += n
+        self._peer_hello = False
+        start = self._range_start
+        ctl = self._ctl
+        done = 0
+        while n - done >= window:  # the window closes on message done + window - 1
+            opened = first + done if start is None else start
+            done += window
+            ctl.append((CTL_ACK, opened, first + done - 1))
+            window, start = self.window_size, None
+        if done < n:
+            if start is None:
+                start = first + done
+            window -= n - done
+        self._window, self._range_start = window, start
+        tracker.last = end - 1
+        return list(msgs)
 
     def _digest(self, m: Message, out: list[Message]) -> None:
         if m.type <= _LAST_DATA_TYPE:

@@ -480,6 +480,94 @@ def test_ftfw_invariants_hold(script: list[tuple[str, object]], start: int, rs_s
             check_invariants(mode)
 
 
+#: a peer's batches as the receiver gets them: mostly runs of the next data messages
+#: (the batch fast path's case), and what must leave it to the loop - a gap, a repeat, an
+#: old seq, HELLO flags, control messages - in any order
+batch_steps = st.lists(
+    st.tuples(
+        st.sampled_from(["run", "run", "run", "gap", "repeat", "old", "hello", "ack", "alive"]),
+        st.integers(1, 40),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    batch_steps,
+    st.sampled_from([0, 9000, 2**32 - 30]),  # 2**32 - 30: the seqs wrap mid-test
+    st.integers(1, 7),
+    st.booleans(),
+)
+def test_ftfw_batch_fast_path_is_the_loop(
+    steps: list[tuple[str, int]], start: int, window: int, sent: bool
+) -> None:
+    """Two receivers get the same batches, one without the batch fast path
+    (``_next_run``): they return the same messages and end in the same state, with the
+    same control messages queued (the ACKs of each window)."""
+    fast, slow = ftfw(ack_window_size=window), ftfw(ack_window_size=window)
+    slow._next_run = lambda msgs: None  # type: ignore[method-assign]
+    runs: list[int] = []
+    take_run = fast._next_run
+
+    def counted(msgs: list[Message]) -> list[Message] | None:
+        got = take_run(msgs)
+        if got is not None:
+            runs.append(len(got))
+        return got
+
+    fast._next_run = counted  # type: ignore[method-assign]
+    for mode in (fast, slow):  # the peer's session starts (its HELLO, our HELLO_BACK)
+        mode.receive([ctl(alive_message(start, Flag.HELLO | Flag.HELLO_BACK))])
+        if sent:  # what sending does: HELLO_BACK went out
+            mode.output()
+    seq = start + 1
+    used = 0
+    for what, n in steps:
+        batch: list[Message] = []
+        if what in ("run", "gap"):
+            seq += 3 if what == "gap" else 0
+            batch = [Message(0, 0, (seq + i) & 0xFFFF_FFFF, None) for i in range(n)]
+            seq += n
+        elif what in ("repeat", "old"):
+            back = 1 if what == "repeat" else min(n, 5)
+            batch = [Message(1, 0, (seq - back) & 0xFFFF_FFFF, None)]
+        elif what == "hello":
+            batch = [Message(0, Flag.HELLO, seq & 0xFFFF_FFFF, None)]
+            seq += 1
+        else:
+            m32 = 0xFFFF_FFFF
+            raw = (
+                ack_message(seq & m32, start, (start + n) & m32)
+                if what == "ack"
+                else alive_message(seq & m32)
+            )
+            batch = [ctl(raw)]
+            seq += 1
+        got = [mode.receive(list(batch)) for mode in (fast, slow)]
+        assert got[0] == got[1], (what, n)
+        used += len(got[0])
+    state = [
+        (
+            list(m._ctl),
+            m._window,
+            m._range_start,
+            m.tracker.last,
+            m.last_receive,
+            m._peer_hello,
+            m.stats_dict(),
+            m.network,
+        )
+        for m in (fast, slow)
+    ]
+    assert state[0] == state[1]
+    assert fast.output() == slow.output()
+    first, n = steps[0]
+    if sent and first == "run" and start + 1 + n <= 0xFFFF_FFFF:
+        assert runs, "the first batch is the next messages in order: the fast path's"
+
+
 # --- NOTRACK -------------------------------------------------------------------------------
 def test_notrack_alive_after_one_second_idle() -> None:
     clock = Clock()
