@@ -30,7 +30,7 @@ from nfsyncd._config_types import SyncConfig
 from nfsyncd.cache import InternalCache
 from nfsyncd.daemon import tune_gc
 from nfsyncd.external import ExternalCache
-from nfsyncd.kernel import FLOW_EVENT_GROUPS, Conntrack, Event, EventStream
+from nfsyncd.kernel import FLOW_EVENT_GROUPS, Conntrack, EventStream
 from nfsyncd.lab import Netns
 from nfsyncd.lab.netns import veth_pair
 from nfsyncd.netlink import NetlinkSocket
@@ -118,9 +118,7 @@ class Pair:
         tx, rx, net = self.tx, self.rx, self.net
         for i in range(0, len(datagrams), BATCH):
             sender.start()
-            events: list[Event] = []
-            for d in datagrams[i : i + BATCH]:
-                self.stream.decode_datagram(d, events)
+            events = self.stream.decode_datagrams(datagrams[i : i + BATCH], [])
             sender.lap("decode events")
             changes = self.cache.apply_events(events)
             sender.lap("internal cache")
