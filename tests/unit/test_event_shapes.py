@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from nfsyncd._prepared import Prepared
 from nfsyncd.kernel import Event, EventStream
-from nfsyncd.model import Flow, TcpFlags, TcpInfo, Tuple
+from nfsyncd.model import Flow, Tuple
 from nfsyncd.netlink import NetlinkSocket
 from nfsyncd.netlink import ctnetlink as ct
 from nfsyncd.netlink._layout import MAX_LAYOUTS, Derive
@@ -29,6 +29,7 @@ from nfsyncd.sync.wire import Encoder
 from tests.unit.fake_kernel import message
 from tests.unit.test_codec import flows as kernel_flows
 from tests.unit.test_codec import kernel_flow_bytes
+from tests.unit.test_layouts import numbered_tcp_flow
 from tests.unit.test_sendpath import plain_tcp_flows
 from tests.unit.test_socket import ScriptedSocket
 
@@ -137,16 +138,7 @@ def test_shapes_decode_as_the_walk(
 
 
 def _event(i: int, *, helper: str | None = None) -> bytes:
-    flow = Flow(
-        Tuple(bytes((198, 18, 0, i)), bytes((198, 19, 0, 1)), 6, 1000 + i, 80),
-        Tuple(bytes((198, 19, 0, 1)), bytes((198, 18, 0, i)), 6, 80, 1000 + i),
-        status=0x0E,
-        timeout=600 - i,
-        mark=i,
-        helper=helper,
-        protoinfo=TcpInfo(3, 7, 7, TcpFlags(i, 0xFF), TcpFlags(0, 0)),
-        id=i,
-    )
+    flow = numbered_tcp_flow(i, helper)
     return message(ct.CT_NEW, NLM_F_CREATE | NLM_F_EXCL, i, kernel_flow_bytes(flow), pid=0)
 
 

@@ -82,21 +82,25 @@ def test_kernel_flow_layouts_agree_with_the_schema(flow: Flow, seed: int) -> Non
     assert _outcome(dec, other, 0, len(other)) == _outcome(dec.slow, other, 0, len(other))
 
 
+def numbered_tcp_flow(i: int, helper: str | None = None) -> Flow:
+    """The ``i``-th of a burst of kernel TCP flows of one layout (values vary with ``i``)."""
+    return Flow(
+        Tuple(bytes((198, 18, 0, i)), bytes((198, 19, 0, 1)), 6, 1000 + i, 80),
+        Tuple(bytes((198, 19, 0, 1)), bytes((198, 18, 0, i)), 6, 80, 1000 + i),
+        status=0x0E,
+        timeout=600 - i,
+        mark=i,
+        helper=helper,
+        protoinfo=TcpInfo(3, 7, 7, TcpFlags(i, 0xFF), TcpFlags(0, 0)),
+        id=i,
+    )
+
+
 def test_kernel_flow_layout_is_reused_with_new_values() -> None:
     dec = _fresh_flow_decoder()
 
     def event(i: int, helper: str | None = None) -> bytes:
-        flow = Flow(
-            Tuple(bytes((198, 18, 0, i)), bytes((198, 19, 0, 1)), 6, 1000 + i, 80),
-            Tuple(bytes((198, 19, 0, 1)), bytes((198, 18, 0, i)), 6, 80, 1000 + i),
-            status=0x0E,
-            timeout=600 - i,
-            mark=i,
-            helper=helper,
-            protoinfo=TcpInfo(3, 7, 7, TcpFlags(i, 0xFF), TcpFlags(0, 0)),
-            id=i,
-        )
-        return kernel_flow_bytes(flow)[4:]
+        return kernel_flow_bytes(numbered_tcp_flow(i, helper))[4:]
 
     msgs = [event(i) for i in range(50)]
     decoded = [dec(m, 0, len(m)) for m in msgs]
