@@ -419,10 +419,10 @@ class _Shapes:
     netlink and nfnetlink headers and its message's layout together decide everything
     the message walk would find out (the message's kind too: its type and flags are in
     the headers).  One mask compare over the whole datagram then replaces the header
-    unpack, its checks and the layout decoder's own compare; ~0.5 µs of the ~2.3 µs an
-    event cost to decode.  Only the sequence number and port id are left out of the
-    mask: the port id varies with whoever caused the event, and is read to honour
-    ``muted``.
+    unpack, its checks and the layout decoder's own compare (in process, on a captured
+    burst: 2.3-2.7 -> 1.9-2.0 µs per event).  Only the sequence number and port id are
+    left out of the mask: the port id varies with whoever caused the event, and is read
+    to honour ``muted``.
     """
 
     __slots__ = ("by_size", "count")

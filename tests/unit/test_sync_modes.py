@@ -523,7 +523,6 @@ def test_ftfw_batch_fast_path_is_the_loop(
         if sent:  # what sending does: HELLO_BACK went out
             mode.output()
     seq = start + 1
-    used = 0
     for what, n in steps:
         batch: list[Message] = []
         if what in ("run", "gap"):
@@ -547,7 +546,6 @@ def test_ftfw_batch_fast_path_is_the_loop(
             seq += 1
         got = [mode.receive(list(batch)) for mode in (fast, slow)]
         assert got[0] == got[1], (what, n)
-        used += len(got[0])
     state = [
         (
             list(m._ctl),
