@@ -16,7 +16,7 @@ from __future__ import annotations
 import random
 import struct
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, ClassVar, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, ClassVar, Final, TypeAlias
 
 from .._prepared import Prepared
 from .._record import flow_key
@@ -128,6 +128,9 @@ class SyncMode:
         #: called for every queued change with its key, its kind as sent (0 NEW, 1 UPDATE,
         #: 2 DESTROY; before coalescing) and the object
         self._on_queue: Callable[[Key, int, Obj], None] | None = None
+        #: sent copies of objects, by key, that a newer change of the object makes stale
+        #: (FTFW's resend queue): dropped as the change is queued, without a call per change
+        self._sent_copies: dict[Key, Any] | None = None
         self.msgs_sent = 0
         self.msgs_recv = 0
         self.acks_sent = 0
@@ -148,6 +151,7 @@ class SyncMode:
         NEW/UPDATE is a NEW again); the object keeps its place in the queue."""
         tx = self._tx
         hook = self._on_queue
+        sent = self._sent_copies
         for kind, obj, cache_key in changes:
             if cache_key is not None:  # (a flow's change from the cache: it knows the key)
                 key: Key = cache_key
@@ -161,6 +165,8 @@ class SyncMode:
                 k = _NEW
             # (a prepared flow brings its payload: encoded by this mode's encoder)
             tx[key] = (base + k, obj, obj[3] if isinstance(obj, Prepared) else None)
+            if sent:
+                sent.pop(key, None)
             if hook is not None:
                 hook(key, raw, obj)
 

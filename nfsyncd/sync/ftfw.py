@@ -41,7 +41,6 @@ from ._mode import (
     HELLO_BACK,
     Ctl,
     Key,
-    Obj,
     SyncMode,
 )
 from .attrs import Reason
@@ -94,7 +93,7 @@ class FtfwMode(SyncMode):
         self._range_start: int | None = None
         self._hello_back = False  # set HELLO_BACK on the next message we send
         self._peer_hello = False  # the peer's last message carried HELLO
-        self._on_queue = self._requeue
+        self._sent_copies = self._rs  # an object changed: its copy awaiting an ACK is stale
         self.resend_after = RESEND_AFTER
         #: (time sent, last seq of that output batch), oldest first, for the resend timer
         self._sent_marks: deque[tuple[float, int]] = deque()
@@ -107,11 +106,6 @@ class FtfwMode(SyncMode):
         self.hello_msgs_recv = 0
 
     # .. sending ............................................................................
-    def _requeue(self, key: Key, kind: int, obj: Obj) -> None:
-        # the object changed: a copy waiting for its ACK is stale now
-        if self._rs:
-            self._rs.pop(key, None)
-
     def _out_flags(self) -> tuple[int, int]:
         rest = 0 if self.hello_done else HELLO
         return (rest | HELLO_BACK if self._hello_back else rest), rest
