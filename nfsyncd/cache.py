@@ -315,8 +315,10 @@ class InternalCache:
         fast = not self._peer_flows
         accepts = self._filter.accepts_flow if self._filter.filters_flows else None
         flags = self._gen
+        limit = self.limit
+        not_me = Origin.NOT_ME  # (locals: this loop runs once per kernel event)
         for kind, obj, port in events:
-            origin = origins.get(port, Origin.NOT_ME) if port else Origin.NOT_ME
+            origin = origins.get(port, not_me) if port else not_me
             if type(obj) is Prepared:  # the sender's fast path made key, record and payload
                 key = obj[0]
             elif type(obj) is Flow:
@@ -333,7 +335,7 @@ class InternalCache:
             if (
                 old is not None
                 and kind == UPDATE
-                and origin == Origin.NOT_ME
+                and origin == not_me
                 and covers(obj, old)
                 and (accepts is None or accepts(obj))
             ):
@@ -351,10 +353,10 @@ class InternalCache:
                 continue
             if (
                 fast
-                and kind != DESTROY
-                and origin == Origin.NOT_ME
                 and old is None
-                and len(table) < self.limit
+                and kind != DESTROY
+                and origin == not_me
+                and len(table) < limit
                 and (accepts is None or accepts(obj))
             ):
                 try:
