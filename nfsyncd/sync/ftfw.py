@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from collections.abc import Iterable
+from itertools import islice
 from operator import itemgetter
 from typing import TYPE_CHECKING, ClassVar, Final
 
@@ -334,19 +335,43 @@ class FtfwMode(SyncMode):
             return
         rs = self._rs
         # Usually the range is the front of the queue (ACKs come in order): count the
-        # leading entries in it and pop them, without collecting their keys.
+        # leading entries in it and drop them, without collecting their keys.
         span = (last - first) & SEQ_MASK
-        n = 0
-        for entry in rs.values():
-            if (entry[0] - first) & SEQ_MASK > span:
-                break
-            n += 1
-        pop = rs.popitem
-        for _ in range(n):
-            pop(last=False)
+        n = self._leading(first, last, span)
+        if n == len(rs):
+            rs.clear()
+        elif n > len(rs) // 2:  # rebuilt in place (one C loop over what stays)
+            rest = list(islice(rs.items(), n, None))
+            rs.clear()
+            rs.update(rest)
+        else:
+            pop = rs.popitem
+            for _ in range(n):
+                pop(last=False)
         if rs and not _after(next(iter(rs.values()))[0], last):
             for key in self._range(first, last):  # older entries were left in front
                 del rs[key]
+
+    def _leading(self, first: int, last: int, span: int) -> int:
+        """How many entries at the front of rs have seqs in [first, last].
+
+        The queue is ordered by seq, each seq at most once: when its front is ``first``
+        and its entry ``span`` places on is ``last``, the ``span + 1`` entries up to there
+        are exactly the range (found by one C-level skip instead of a Python loop over
+        them); otherwise (gaps: stale copies dropped, ALIVEs not kept) they are counted."""
+        rs = self._rs
+        values = rs.values()
+        front = next(iter(values), None)
+        if front is not None and front[0] == first:
+            end = next(islice(values, span, None), None)
+            if end is not None and end[0] == last:
+                return span + 1
+        n = 0
+        for entry in values:
+            if (entry[0] - first) & SEQ_MASK > span:
+                break
+            n += 1
+        return n
 
     def _nack(self, first: int, last: int) -> None:
         if _after(first, last):

@@ -566,6 +566,31 @@ def test_ftfw_batch_fast_path_is_the_loop(
         assert runs, "the first batch is the next messages in order: the fast path's"
 
 
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.integers(1, 3), max_size=40),  # the steps between the queue's seqs
+    st.sampled_from([0, 2**32 - 20]),
+    st.integers(-3, 3),
+    st.integers(0, 45),
+)
+def test_ftfw_ack_drops_exactly_the_acked_front(
+    steps: list[int], start: int, shift: int, span: int
+) -> None:
+    """An ACK removes the resend-queue entries with seqs in its range and keeps the rest
+    in order, whether the range is the queue's gap-free front (found by one skip), has
+    gaps, starts before or after the front, or wraps."""
+    mode = ftfw()
+    seqs = list(itertools.accumulate(steps, initial=start))
+    for i, seq in enumerate(seqs):
+        mode._rs[("k", i)] = (seq & 0xFFFF_FFFF, 0, b"", None)
+    first = (start + shift) & 0xFFFF_FFFF
+    last = (first + span) & 0xFFFF_FFFF
+    acked = {(s & 0xFFFF_FFFF) for s in seqs if 0 <= ((s - first) & 0xFFFF_FFFF) <= span}
+    want = [e for e in mode._rs.values() if e[0] not in acked]
+    mode._ack(first, last)
+    assert list(mode._rs.values()) == want
+
+
 # --- NOTRACK -------------------------------------------------------------------------------
 def test_notrack_alive_after_one_second_idle() -> None:
     clock = Clock()
